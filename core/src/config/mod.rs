@@ -1,10 +1,418 @@
-#[cfg(test)]
-mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+//! The configuration document (CONTRACT section 3): parsed once at `on_configure`, validated, and
+//! compiled into the runtime form the filter uses per request. Any error names the offending field,
+//! so Envoy refuses the document instead of running half of it.
 
-    #[test]
-    fn it_works() {
-        assert_eq!(1 + 1, 2);
+mod raw;
+
+use crate::rollout::WeightedTargets;
+use crate::scheduling::Strategy;
+use raw::{RawConfig, RawModel, RawPool};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A configuration error: the JSON path of the offending field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
     }
 }
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Vllm,
+    Sglang,
+    TrtllmServe,
+    TritonTrtllm,
+    VllmAscend,
+}
+
+impl Engine {
+    fn parse(s: &str) -> Option<Engine> {
+        Some(match s {
+            "vllm" => Engine::Vllm,
+            "sglang" => Engine::Sglang,
+            "trtllm-serve" => Engine::TrtllmServe,
+            "triton-trtllm" => Engine::TritonTrtllm,
+            "vllm-ascend" => Engine::VllmAscend,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Criticality {
+    Critical,
+    Standard,
+    Sheddable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownModels {
+    /// Route to `defaultPool` with the body unchanged (or, with no default pool, leave routing to Envoy).
+    Passthrough,
+    /// Reply 404.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    FailOpen,
+    FailClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectorMode {
+    Service,
+    Embedded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub path: String,
+    /// Port of the metrics page when it differs from the serving port.
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub staleness_ms: u64,
+    /// Per-name overrides of the engine dialect's metric names.
+    pub names: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// Envoy cluster the pool's endpoints are reached through.
+    pub cluster: String,
+    /// `ip:port` as Envoy's ORIGINAL_DST header expects it.
+    pub endpoints: Vec<String>,
+    pub engine: Engine,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+    pub criticality: Criticality,
+    /// None: served as named.
+    pub targets: Option<WeightedTargets>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pools: Vec<Pool>,
+    pub models: Vec<Model>,
+    model_index: HashMap<String, usize>,
+    pub default_pool: Option<usize>,
+    pub unknown_models: UnknownModels,
+    pub strategy: Strategy,
+    pub collector: CollectorMode,
+    pub destination_header: String,
+    pub session_header: Option<String>,
+    pub max_request_body_bytes: u64,
+    pub failure_mode: FailureMode,
+}
+
+impl Config {
+    /// Parse and validate a configuration document.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "configuration".to_string() } else { path };
+            err(field, e.into_inner().to_string())
+        })?;
+        compile(raw)
+    }
+
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.model_index.get(name).and_then(|&i| self.models.get(i))
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut pools = Vec::with_capacity(raw.pools.len());
+    for (i, p) in raw.pools.into_iter().enumerate() {
+        let pool = compile_pool(i, p)?;
+        if pools.iter().any(|q: &Pool| q.name == pool.name) {
+            return Err(err(format!("pools[{i}].name"), format!("duplicate pool \"{}\"", pool.name)));
+        }
+        pools.push(pool);
+    }
+    let find_pool = |name: &str| pools.iter().position(|p| p.name == name);
+
+    let default_pool = match raw.default_pool.as_deref() {
+        None => None,
+        Some(name) => Some(
+            find_pool(name)
+                .ok_or_else(|| err("defaultPool", format!("unknown pool \"{name}\"")))?,
+        ),
+    };
+
+    let mut models = Vec::with_capacity(raw.models.len());
+    let mut model_index = HashMap::new();
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let model = compile_model(i, m, &find_pool, default_pool)?;
+        if model_index.insert(model.name.clone(), i).is_some() {
+            return Err(err(
+                format!("models[{i}].modelName"),
+                format!("duplicate model \"{}\"", model.name),
+            ));
+        }
+        models.push(model);
+    }
+
+    let unknown_models = match raw.unknown_models.as_deref() {
+        None | Some("passthrough") => UnknownModels::Passthrough,
+        Some("reject") => UnknownModels::Reject,
+        Some(other) => {
+            return Err(err(
+                "unknownModels",
+                format!("\"{other}\" is not one of passthrough, reject"),
+            ))
+        }
+    };
+
+    let strategy = match raw.scheduling.strategy.as_deref() {
+        None => Strategy::LeastRequest,
+        Some(s) => Strategy::parse(s).map_err(|m| err("scheduling.strategy", m))?,
+    };
+
+    let collector = match raw.collector.mode.as_deref() {
+        None | Some("service") => CollectorMode::Service,
+        Some("embedded") => CollectorMode::Embedded,
+        Some(other) => {
+            return Err(err(
+                "collector.mode",
+                format!("\"{other}\" is not one of service, embedded"),
+            ))
+        }
+    };
+
+    let destination_header = header_name(
+        "destinationHeader",
+        raw.destination_header.as_deref().unwrap_or(DEFAULT_DESTINATION_HEADER),
+    )?;
+    let session_header = match raw.session_header.as_deref() {
+        None => None,
+        Some(h) => Some(header_name("sessionHeader", h)?),
+    };
+
+    let max_request_body_bytes = raw
+        .max_request_body_bytes
+        .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+    if max_request_body_bytes == 0 {
+        return Err(err("maxRequestBodyBytes", "must be greater than 0"));
+    }
+
+    let failure_mode = match raw.failure_mode.as_deref() {
+        None | Some("FailOpen") => FailureMode::FailOpen,
+        Some("FailClose") => FailureMode::FailClose,
+        Some(other) => {
+            return Err(err(
+                "failureMode",
+                format!("\"{other}\" is not one of FailOpen, FailClose"),
+            ))
+        }
+    };
+
+    Ok(Config {
+        pools,
+        models,
+        model_index,
+        default_pool,
+        unknown_models,
+        strategy,
+        collector,
+        destination_header,
+        session_header,
+        max_request_body_bytes,
+        failure_mode,
+    })
+}
+
+fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
+    let at = |f: &str| format!("pools[{i}].{f}");
+    if p.name.is_empty() {
+        return Err(err(at("name"), "must not be empty"));
+    }
+    if p.discovery.is_some() {
+        return Err(err(
+            at("discovery"),
+            "not supported yet; list the pool's endpoints in `endpoints`",
+        ));
+    }
+    let mut endpoints: Vec<String> = Vec::with_capacity(p.endpoints.len());
+    for (j, e) in p.endpoints.iter().enumerate() {
+        let addr = parse_endpoint(e).map_err(|m| err(format!("pools[{i}].endpoints[{j}]"), m))?;
+        if endpoints.contains(&addr) {
+            return Err(err(
+                format!("pools[{i}].endpoints[{j}]"),
+                format!("duplicate endpoint \"{e}\""),
+            ));
+        }
+        endpoints.push(addr);
+    }
+    let engine = match p.engine.as_deref() {
+        None => Engine::Vllm,
+        Some(s) => Engine::parse(s).ok_or_else(|| {
+            err(
+                at("engine"),
+                format!(
+                    "\"{s}\" is not one of vllm, sglang, trtllm-serve, triton-trtllm, vllm-ascend"
+                ),
+            )
+        })?,
+    };
+    let m = p.metrics;
+    let path = m.path.unwrap_or_else(|| "/metrics".to_string());
+    if !path.starts_with('/') {
+        return Err(err(at("metrics.path"), "must start with /"));
+    }
+    if m.port == Some(0) {
+        return Err(err(at("metrics.port"), "must be 1..65535"));
+    }
+    let interval_ms = m.interval_ms.unwrap_or(100);
+    let timeout_ms = m.timeout_ms.unwrap_or(1000);
+    let staleness_ms = m.staleness_ms.unwrap_or(2000);
+    for (name, v) in [
+        ("metrics.intervalMs", interval_ms),
+        ("metrics.timeoutMs", timeout_ms),
+        ("metrics.stalenessMs", staleness_ms),
+    ] {
+        if v == 0 {
+            return Err(err(at(name), "must be greater than 0"));
+        }
+    }
+    Ok(Pool {
+        cluster: p.cluster.unwrap_or_else(|| p.name.clone()),
+        name: p.name,
+        endpoints,
+        engine,
+        metrics: MetricsSettings {
+            path,
+            port: m.port,
+            interval_ms,
+            timeout_ms,
+            staleness_ms,
+            names: m.names.into_iter().collect(),
+        },
+    })
+}
+
+fn compile_model(
+    i: usize,
+    m: RawModel,
+    find_pool: &dyn Fn(&str) -> Option<usize>,
+    default_pool: Option<usize>,
+) -> Result<Model, ConfigError> {
+    let at = |f: &str| format!("models[{i}].{f}");
+    if m.model_name.is_empty() {
+        return Err(err(at("modelName"), "must not be empty"));
+    }
+    let pool = match m.pool_ref.as_deref() {
+        Some(name) => {
+            find_pool(name).ok_or_else(|| err(at("poolRef"), format!("unknown pool \"{name}\"")))?
+        }
+        None => default_pool.ok_or_else(|| err(at("poolRef"), "missing, and no defaultPool"))?,
+    };
+    let criticality = match m.criticality.as_deref() {
+        None | Some("Standard") => Criticality::Standard,
+        Some("Critical") => Criticality::Critical,
+        Some("Sheddable") => Criticality::Sheddable,
+        Some(other) => {
+            return Err(err(
+                at("criticality"),
+                format!("\"{other}\" is not one of Critical, Standard, Sheddable"),
+            ))
+        }
+    };
+    let targets = match m.target_models {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(err(at("targetModels"), "must not be empty (omit it instead)"))
+        }
+        Some(list) => {
+            let weighted = list.iter().filter(|t| t.weight.is_some()).count();
+            if weighted != 0 && weighted != list.len() {
+                return Err(err(
+                    at("targetModels"),
+                    "give a weight to every target or to none",
+                ));
+            }
+            let mut pairs: Vec<(String, u32)> = Vec::with_capacity(list.len());
+            for (j, t) in list.into_iter().enumerate() {
+                if t.name.is_empty() {
+                    return Err(err(at(&format!("targetModels[{j}].name")), "must not be empty"));
+                }
+                if pairs.iter().any(|(n, _)| *n == t.name) {
+                    return Err(err(
+                        at(&format!("targetModels[{j}].name")),
+                        format!("duplicate target \"{}\"", t.name),
+                    ));
+                }
+                let w = t.weight.unwrap_or(1);
+                let w = u32::try_from(w).map_err(|_| {
+                    err(
+                        at(&format!("targetModels[{j}].weight")),
+                        format!("{w} is not an integer in 0..={}", u32::MAX),
+                    )
+                })?;
+                pairs.push((t.name, w));
+            }
+            Some(WeightedTargets::new(pairs))
+        }
+    };
+    Ok(Model {
+        name: m.model_name,
+        pool,
+        criticality,
+        targets,
+    })
+}
+
+/// `ip:port` with a literal IP (Envoy's ORIGINAL_DST header takes no host names), normalised.
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not an ip:port address"))?;
+    if addr.port() == 0 {
+        return Err(format!("\"{s}\" has port 0"));
+    }
+    Ok(addr.to_string())
+}
+
+fn header_name(field: &str, h: &str) -> Result<String, ConfigError> {
+    let ok = !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+    if !ok {
+        return Err(err(field, format!("\"{h}\" is not a valid header name")));
+    }
+    Ok(h.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests;

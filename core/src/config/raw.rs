@@ -1,0 +1,78 @@
+//! The configuration document exactly as users write it (CONTRACT section 3).
+//! Unknown fields are refused so a typo is named instead of silently ignored.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub pools: Vec<RawPool>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    pub default_pool: Option<String>,
+    pub unknown_models: Option<String>,
+    #[serde(default)]
+    pub scheduling: RawScheduling,
+    #[serde(default)]
+    pub collector: RawCollector,
+    pub destination_header: Option<String>,
+    pub session_header: Option<String>,
+    pub max_request_body_bytes: Option<u64>,
+    pub failure_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawPool {
+    pub name: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub engine: Option<String>,
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    pub discovery: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawMetrics {
+    pub path: Option<String>,
+    pub port: Option<u16>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub staleness_ms: Option<u64>,
+    #[serde(default)]
+    pub names: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawModel {
+    pub model_name: String,
+    pub pool_ref: Option<String>,
+    pub criticality: Option<String>,
+    pub target_models: Option<Vec<RawTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    // Signed so a negative weight gets our own message rather than serde's.
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawScheduling {
+    pub strategy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawCollector {
+    pub mode: Option<String>,
+}

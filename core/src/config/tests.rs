@@ -1,0 +1,155 @@
+use super::*;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const CONTRACT_EXAMPLE: &str = r#"{
+  "pools": [
+    {
+      "name": "vllm-llama2-7b-pool",
+      "endpoints": ["10.0.0.11:8000", "10.0.0.12:8000"],
+      "engine": "vllm",
+      "metrics": { "path": "/metrics", "port": null, "intervalMs": 100, "timeoutMs": 1000, "stalenessMs": 2000 }
+    }
+  ],
+  "models": [
+    {
+      "modelName": "lora-request",
+      "poolRef": "vllm-llama2-7b-pool",
+      "criticality": "Standard",
+      "targetModels": [ { "name": "tweet-summary", "weight": 50 }, { "name": "sql-lora", "weight": 50 } ]
+    }
+  ],
+  "defaultPool": "vllm-llama2-7b-pool",
+  "unknownModels": "passthrough",
+  "scheduling": { "strategy": "LEAST_REQUEST" },
+  "collector": { "mode": "service" },
+  "destinationHeader": "x-gateway-destination-endpoint",
+  "sessionHeader": "x-session-id",
+  "maxRequestBodyBytes": 8388608,
+  "failureMode": "FailOpen"
+}"#;
+
+fn refused(doc: &str) -> ConfigError {
+    match Config::parse(doc.as_bytes()) {
+        Ok(_) => panic!("accepted: {doc}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn the_contract_example_parses() {
+    let c = Config::parse(CONTRACT_EXAMPLE.as_bytes()).unwrap();
+    assert_eq!(c.pools.len(), 1);
+    assert_eq!(c.pools[0].cluster, "vllm-llama2-7b-pool");
+    assert_eq!(c.pools[0].endpoints, ["10.0.0.11:8000", "10.0.0.12:8000"]);
+    assert_eq!(c.pools[0].metrics.interval_ms, 100);
+    let m = c.model("lora-request").unwrap();
+    assert_eq!(m.pool, 0);
+    assert_eq!(m.criticality, Criticality::Standard);
+    assert_eq!(m.targets.as_ref().unwrap().names(), ["tweet-summary", "sql-lora"]);
+    assert_eq!(c.default_pool, Some(0));
+    assert_eq!(c.strategy, Strategy::LeastRequest);
+    assert_eq!(c.session_header.as_deref(), Some("x-session-id"));
+    assert_eq!(c.failure_mode, FailureMode::FailOpen);
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let c = Config::parse(br#"{"pools":[{"name":"p","endpoints":["[::1]:80"]}]}"#).unwrap();
+    assert_eq!(c.destination_header, DEFAULT_DESTINATION_HEADER);
+    assert_eq!(c.max_request_body_bytes, DEFAULT_MAX_REQUEST_BODY_BYTES);
+    assert_eq!(c.unknown_models, UnknownModels::Passthrough);
+    assert_eq!(c.collector, CollectorMode::Service);
+    assert_eq!(c.pools[0].engine, Engine::Vllm);
+    assert_eq!(c.pools[0].endpoints, ["[::1]:80"]);
+    assert_eq!(c.session_header, None);
+}
+
+#[test]
+fn each_error_names_its_field() {
+    let cases: &[(&str, &str)] = &[
+        ("{", "configuration"),
+        ("[]", "configuration"),
+        (r#"{"pools":[{"name":"p"}],"bogus":1}"#, "configuration"),
+        (r#"{"pools":[{"name":"p","endpoints":["nope"]}]}"#, "pools[0].endpoints[0]"),
+        (r#"{"pools":[{"name":"p","endpoints":["host:80"]}]}"#, "pools[0].endpoints[0]"),
+        (r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:0"]}]}"#, "pools[0].endpoints[0]"),
+        (
+            r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:1","1.2.3.4:1"]}]}"#,
+            "pools[0].endpoints[1]",
+        ),
+        (r#"{"pools":[{"name":"p"},{"name":"p"}]}"#, "pools[1].name"),
+        (r#"{"pools":[{"name":"p","engine":"tgi"}]}"#, "pools[0].engine"),
+        (r#"{"pools":[{"name":"p","discovery":{}}]}"#, "pools[0].discovery"),
+        (r#"{"pools":[{"name":"p","metrics":{"intervalMs":0}}]}"#, "pools[0].metrics.intervalMs"),
+        (r#"{"pools":[{"name":"p","endpoints":[3]}]}"#, "pools[0].endpoints[0]"),
+        (r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"x"}]}"#, "models[0].poolRef"),
+        (r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m"}]}"#, "models[0].poolRef"),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p"},{"modelName":"m","poolRef":"p"}]}"#,
+            "models[1].modelName",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","targetModels":[{"name":"a","weight":-1}]}]}"#,
+            "models[0].targetModels[0].weight",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","targetModels":[{"name":"a","weight":1.5}]}]}"#,
+            "models[0].targetModels[0].weight",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","targetModels":[{"name":"a","weight":1},{"name":"a","weight":1}]}]}"#,
+            "models[0].targetModels[1].name",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","targetModels":[]}]}"#,
+            "models[0].targetModels",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","criticality":"High"}]}"#,
+            "models[0].criticality",
+        ),
+        (r#"{"defaultPool":"x"}"#, "defaultPool"),
+        (r#"{"unknownModels":"drop"}"#, "unknownModels"),
+        (r#"{"scheduling":{"strategy":"FASTEST"}}"#, "scheduling.strategy"),
+        (r#"{"scheduling":{"strategy":"DEFAULT"}}"#, "scheduling.strategy"),
+        (r#"{"scheduling":{"strategy":"PREFIX_CACHE"}}"#, "scheduling.strategy"),
+        (r#"{"collector":{"mode":"sidecar"}}"#, "collector.mode"),
+        (r#"{"destinationHeader":"bad header"}"#, "destinationHeader"),
+        (r#"{"sessionHeader":""}"#, "sessionHeader"),
+        (r#"{"maxRequestBodyBytes":0}"#, "maxRequestBodyBytes"),
+        (r#"{"maxRequestBodyBytes":-5}"#, "maxRequestBodyBytes"),
+        (r#"{"failureMode":"FailSoft"}"#, "failureMode"),
+    ];
+    for (doc, field) in cases {
+        let e = refused(doc);
+        assert_eq!(e.field, *field, "{doc}: {e}");
+        assert!(!e.message.is_empty());
+    }
+}
+
+#[test]
+fn default_and_prefix_cache_are_refused_with_a_reason() {
+    let e = refused(r#"{"scheduling":{"strategy":"DEFAULT"}}"#);
+    assert!(e.message.contains("collector"), "{e}");
+}
+
+#[test]
+fn mixed_weighted_and_unweighted_targets_are_refused() {
+    let e = refused(
+        r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p","targetModels":[{"name":"a","weight":1},{"name":"b"}]}]}"#,
+    );
+    assert_eq!(e.field, "models[0].targetModels");
+}
+
+#[test]
+fn headers_are_lowercased_and_model_without_pool_uses_default() {
+    let c = Config::parse(
+        br#"{"pools":[{"name":"p"}],"defaultPool":"p","models":[{"modelName":"m"}],
+             "destinationHeader":"X-Dest","sessionHeader":"X-Session-Id"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.destination_header, "x-dest");
+    assert_eq!(c.session_header.as_deref(), Some("x-session-id"));
+    assert_eq!(c.model("m").unwrap().pool, 0);
+}

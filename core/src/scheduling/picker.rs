@@ -1,0 +1,78 @@
+//! Pickers for the load-only strategies. Each returns an index into the pool's endpoints,
+//! or None for an empty pool.
+
+use super::Rng;
+
+/// The next endpoint in turn. `counter` is the caller's (per worker) position.
+pub fn round_robin(n: usize, counter: &mut u64) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    let i = (*counter % n as u64) as usize;
+    *counter = counter.wrapping_add(1);
+    Some(i)
+}
+
+pub fn random(n: usize, rng: &mut Rng) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    Some(rng.below(n))
+}
+
+/// The endpoint with the fewest in-flight requests; ties broken at random so equal endpoints
+/// share a burst instead of the first one taking it all.
+pub fn least_request(in_flight: &[u32], rng: &mut Rng) -> Option<usize> {
+    let min = *in_flight.iter().min()?;
+    let ties = in_flight.iter().filter(|&&c| c == min).count();
+    let nth = rng.below(ties);
+    in_flight
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c == min)
+        .nth(nth)
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn round_robin_cycles() {
+        let mut c = 0;
+        let picks: Vec<_> = (0..6).map(|_| round_robin(3, &mut c)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
+        assert_eq!(round_robin(0, &mut c), None);
+    }
+
+    #[test]
+    fn least_request_takes_the_minimum_and_breaks_ties_at_random() {
+        let mut rng = Rng::new(7);
+        assert_eq!(least_request(&[3, 1, 2], &mut rng), Some(1));
+        assert_eq!(least_request(&[], &mut rng), None);
+        let mut seen = [0u32; 3];
+        for _ in 0..3000 {
+            let i = least_request(&[0, 5, 0], &mut rng).unwrap();
+            seen[i] += 1;
+        }
+        assert_eq!(seen[1], 0);
+        assert!(seen[0] > 1300 && seen[2] > 1300, "{seen:?}");
+    }
+
+    #[test]
+    fn random_is_roughly_uniform() {
+        let mut rng = Rng::new(42);
+        let mut seen = [0u32; 4];
+        for _ in 0..40_000 {
+            seen[random(4, &mut rng).unwrap()] += 1;
+        }
+        // 10,000 expected each, sigma ~87: 6 sigma.
+        for s in seen {
+            assert!((9_480..=10_520).contains(&s), "{seen:?}");
+        }
+        assert_eq!(random(0, &mut rng), None);
+    }
+}
