@@ -137,7 +137,10 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "configuration".to_string() } else { path };
+            let field = match path.as_str() {
+                "." | "?" | "" => "configuration".to_string(),
+                _ => path,
+            };
             err(field, e.into_inner().to_string())
         })?;
         compile(raw)

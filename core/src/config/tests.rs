@@ -70,7 +70,7 @@ fn each_error_names_its_field() {
     let cases: &[(&str, &str)] = &[
         ("{", "configuration"),
         ("[]", "configuration"),
-        (r#"{"pools":[{"name":"p"}],"bogus":1}"#, "configuration"),
+        (r#"{"pools":[{"name":"p"}],"bogus":1}"#, "bogus"),
         (r#"{"pools":[{"name":"p","endpoints":["nope"]}]}"#, "pools[0].endpoints[0]"),
         (r#"{"pools":[{"name":"p","endpoints":["host:80"]}]}"#, "pools[0].endpoints[0]"),
         (r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:0"]}]}"#, "pools[0].endpoints[0]"),
