@@ -1,0 +1,130 @@
+//! `envoy/envoy.yaml` (what `make run` serves) works as shipped: the same document as
+//! `examples/canary/config.json`, and a real Envoy started from it routes the canary model.
+//! The fixed ports and pod addresses are swapped for free ones so this runs beside `make run`.
+
+// Test helpers fail loudly: clippy.toml only exempts #[test] bodies themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::collections::HashSet;
+use wasm_tests::envoy::{Envoy, MODEL_HEADER};
+use wasm_tests::pod::{Pod, PodOptions};
+use wasm_tests::repo_root;
+
+const FIXED_PODS: [&str; 4] = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"];
+
+fn shipped_yaml() -> String {
+    std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap()
+}
+
+/// The block scalar under `value: |` in envoy.yaml: the plugin's inline configuration.
+fn inline_configuration(yaml: &str) -> Value {
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("value: |"));
+    let header = lines
+        .next()
+        .expect("a `value: |` block in envoy/envoy.yaml");
+    let indent = header.len() - header.trim_start().len();
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .collect();
+    serde_json::from_str(&block.join("\n")).expect("the inline configuration is JSON")
+}
+
+fn targets(config: &Value) -> HashSet<String> {
+    config["models"][0]["targetModels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn envoy_yaml_carries_the_canary_example() {
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/canary/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inline_configuration(&shipped_yaml()), example);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_yaml_serves_the_canary_rollout() {
+    let yaml = shipped_yaml();
+    let canary = inline_configuration(&yaml);
+    let options = PodOptions {
+        adapters: targets(&canary).into_iter().collect(),
+        strict_models: true,
+        ..PodOptions::default()
+    };
+    let mut pods = Vec::new();
+    let mut rewritten = yaml
+        .replace("port_value: 8080", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0");
+    for ip in FIXED_PODS {
+        let pod = Pod::start_next(options.clone()).await.unwrap();
+        let (new_ip, new_port) = (pod.addr().ip().to_string(), pod.addr().port().to_string());
+        rewritten = rewritten
+            .replace(
+                &format!("\"{ip}:8000\""),
+                &format!("\"{new_ip}:{new_port}\""),
+            )
+            .replace(
+                &format!("address: {ip}, port_value: 8000"),
+                &format!("address: {new_ip}, port_value: {new_port}"),
+            );
+        pods.push(pod);
+    }
+    let left: Vec<&str> = rewritten
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains(":8000"))
+        .collect();
+    assert!(left.is_empty(), "addresses left unreplaced: {left:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, rewritten).unwrap();
+    // Started from the repository root, as `make run` does: the module path is relative to it.
+    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    let client = envoy.client().unwrap();
+
+    let allowed = targets(&canary);
+    let mut reached = HashSet::new();
+    for _ in 0..60 {
+        let r = client
+            .post(
+                "/v1/completions",
+                r#"{"model":"lora-request","prompt":"hi","max_tokens":5}"#,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let model = r.json().unwrap()["model"].as_str().unwrap().to_string();
+        assert!(allowed.contains(&model), "{model}");
+        reached.insert(model);
+    }
+    // Ten equal weights over 60 requests: a target is missed with probability 0.9^60 < 0.002 each;
+    // demand only a spread, not all ten.
+    assert!(reached.len() >= 5, "only {reached:?}");
+    for pod in &pods {
+        for r in pod.requests() {
+            assert_eq!(r.header(MODEL_HEADER).map(str::to_string), r.model());
+        }
+    }
+
+    // unknownModels: passthrough — the base model goes to the default pool as named.
+    let r = client
+        .post(
+            "/v1/completions",
+            r#"{"model":"tiny-llama","prompt":"hi"}"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["model"], "tiny-llama");
+    let models = client.get("/v1/models", &[]).await.unwrap();
+    assert_eq!(models.status, 200);
+}
