@@ -1,6 +1,8 @@
-//! In-flight request counts per endpoint, shared by all of Envoy's workers through shared data.
-//! One key per pool holds every endpoint's count (u32 little-endian each), so a pick is one read
-//! and one compare-and-swap write, whatever the pool size.
+//! Per-endpoint request counters shared by all of Envoy's workers (and the collector) through
+//! shared data. One key per pool holds, for every endpoint, the requests in flight and a running
+//! count of picks (u32 little-endian each: `[in_flight; n][picks; n]`), so a pick is one read and
+//! one compare-and-swap write whatever the pool size. The collector stamps each scrape with the
+//! pick count, so the scheduler knows how many requests a scrape cannot include yet.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
@@ -8,69 +10,86 @@ use proxy_wasm::types::Status;
 /// Retries of a compare-and-swap that lost a race with another worker before giving up.
 const CAS_ATTEMPTS: usize = 16;
 
-pub struct InFlight {
+pub struct Counts {
+    pub in_flight: Vec<u32>,
+    pub picks: Vec<u32>,
+}
+
+pub struct PoolCounters {
     key: String,
     len: usize,
 }
 
-impl InFlight {
+impl PoolCounters {
     /// `fingerprint` distinguishes endpoint lists, so a new configuration never reads old slots.
-    pub fn new(pool: &str, len: usize, fingerprint: u64) -> InFlight {
-        InFlight {
-            key: format!("inference-router/in-flight/{pool}/{fingerprint:016x}"),
+    pub fn new(pool: &str, len: usize, fingerprint: u64) -> PoolCounters {
+        PoolCounters {
+            key: format!("inference-router/counters/{pool}/{fingerprint:016x}"),
             len,
         }
     }
 
-    fn load(&self) -> (Vec<u32>, Option<u32>) {
+    fn load_cas(&self) -> (Counts, Option<u32>) {
         let (bytes, cas) = hostcalls::get_shared_data(&self.key).unwrap_or((None, None));
-        let mut counts = vec![0u32; self.len];
+        let mut words = vec![0u32; self.len * 2];
         if let Some(b) = bytes {
-            for (slot, chunk) in counts.iter_mut().zip(b.chunks_exact(4)) {
-                *slot = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            for (w, chunk) in words.iter_mut().zip(b.chunks_exact(4)) {
+                *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             }
         }
-        (counts, cas)
+        let picks = words.split_off(self.len);
+        (
+            Counts {
+                in_flight: words,
+                picks,
+            },
+            cas,
+        )
     }
 
-    fn store(&self, counts: &[u32], cas: Option<u32>) -> Result<(), Status> {
-        let mut bytes = Vec::with_capacity(counts.len() * 4);
-        for c in counts {
-            bytes.extend_from_slice(&c.to_le_bytes());
+    pub fn load(&self) -> Counts {
+        self.load_cas().0
+    }
+
+    fn store(&self, counts: &Counts, cas: Option<u32>) -> Result<(), Status> {
+        let mut bytes = Vec::with_capacity(self.len * 8);
+        for w in counts.in_flight.iter().chain(&counts.picks) {
+            bytes.extend_from_slice(&w.to_le_bytes());
         }
-        // Without a prior value, cas 0 means "create only if absent" is not offered; Envoy treats
-        // a missing cas as unconditional, which is right for the first write.
         hostcalls::set_shared_data(&self.key, Some(&bytes), cas)
     }
 
-    /// Choose an endpoint from the current counts with `pick` and count one more request on it,
-    /// atomically across workers (a lost race re-reads and re-picks).
-    pub fn pick_and_increment(&self, mut pick: impl FnMut(&[u32]) -> Option<usize>) -> Option<usize> {
+    /// Choose an endpoint from the current counts with `pick` and count the request on it,
+    /// atomically across workers (a lost race re-reads and re-picks). `pick` may refuse with `E`.
+    pub fn pick_and_count<T, E>(
+        &self,
+        mut pick: impl FnMut(&Counts) -> Result<(usize, T), E>,
+    ) -> Result<(usize, T), E> {
         for _ in 0..CAS_ATTEMPTS {
-            let (mut counts, cas) = self.load();
-            let i = pick(&counts)?;
-            if let Some(c) = counts.get_mut(i) {
-                *c = c.saturating_add(1);
+            let (mut counts, cas) = self.load_cas();
+            let (i, extra) = pick(&counts)?;
+            if let (Some(f), Some(p)) = (counts.in_flight.get_mut(i), counts.picks.get_mut(i)) {
+                *f = f.saturating_add(1);
+                *p = p.wrapping_add(1);
             }
             match self.store(&counts, cas) {
-                Ok(()) => return Some(i),
+                Ok(()) => return Ok((i, extra)),
                 Err(Status::CasMismatch) => continue,
                 Err(e) => {
-                    log::warn!("in-flight count not stored: {e:?}");
-                    return Some(i);
+                    log::warn!("request counters not stored: {e:?}");
+                    return Ok((i, extra));
                 }
             }
         }
         // Heavy contention: route anyway on the last read, uncounted.
-        let (counts, _) = self.load();
-        pick(&counts)
+        pick(&self.load())
     }
 
     /// The request on endpoint `i` has ended.
-    pub fn decrement(&self, i: usize) {
+    pub fn release(&self, i: usize) {
         for _ in 0..CAS_ATTEMPTS {
-            let (mut counts, cas) = self.load();
-            if let Some(c) = counts.get_mut(i) {
+            let (mut counts, cas) = self.load_cas();
+            if let Some(c) = counts.in_flight.get_mut(i) {
                 *c = c.saturating_sub(1);
             }
             match self.store(&counts, cas) {
@@ -78,6 +97,11 @@ impl InFlight {
                 _ => return,
             }
         }
-        log::warn!("in-flight decrement lost to contention");
+        log::warn!("in-flight release lost to contention");
     }
+}
+
+/// The fingerprint of an endpoint list, for `PoolCounters::new`.
+pub fn fingerprint(endpoints: &[String]) -> u64 {
+    router_core::rollout::stable_hash(endpoints.join(",").as_bytes())
 }

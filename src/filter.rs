@@ -3,15 +3,20 @@
 //! layer carries the decision out: rewrite the model bytes, set the routing headers, clear the
 //! route cache, or send the error reply. Responses pass through untouched, never buffered.
 
+use crate::counters::{fingerprint, PoolCounters};
 use crate::host;
-use crate::in_flight::InFlight;
+use crate::pool_view::PoolView;
+use crate::stats as host_stats;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use router_core::config::Config;
+use router_core::config::{Config, Criticality};
 use router_core::openai;
 use router_core::request::{decide_model, ModelDecision};
-use router_core::rollout::stable_hash;
-use router_core::scheduling::{self, Rng, Strategy};
+use router_core::scheduling::{
+    self, endpoint_id, schedule, Candidate, Decision, PrefixIndex, Rng, SchedulingRequest,
+    Strategy, TargetKind,
+};
+use router_core::stats;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -23,8 +28,34 @@ pub struct FilterState {
     rng: RefCell<Rng>,
     /// Per-pool round-robin position of this worker.
     round_robin: Vec<Cell<u64>>,
-    /// Per-pool in-flight counts shared across workers.
-    in_flight: Vec<InFlight>,
+    /// Per-pool request counters shared across workers.
+    counters: Vec<PoolCounters>,
+    /// Per-pool view of the collector's published snapshot.
+    views: Vec<PoolView>,
+    /// Per-pool prefix index (PREFIX_CACHE only), learned from this worker's own routing.
+    prefixes: Vec<RefCell<PrefixIndex>>,
+    /// Per-pool, per-endpoint name of `inference_router_endpoint_picks_total`, built once.
+    pick_stats: Vec<Vec<String>>,
+}
+
+/// How an endpoint was chosen, or why none was.
+pub enum Pick {
+    /// Endpoint index; `counted`: in the shared in-flight count, to release at the end.
+    Endpoint {
+        index: usize,
+        counted: bool,
+        fail_open: bool,
+    },
+    Shed,
+    Unavailable,
+}
+
+/// What the scheduler needs to know of the request.
+pub struct RequestFacts<'a> {
+    pub target_model: &'a str,
+    pub criticality: Criticality,
+    /// Raw bytes of the prompt (or messages), for the prefix scorer.
+    pub prompt: &'a [u8],
 }
 
 impl FilterState {
@@ -36,19 +67,51 @@ impl FilterState {
             // Workers start at different places so the first requests of each do not collide.
             .map(|p| Cell::new(rng.below(p.endpoints.len().max(1)) as u64))
             .collect();
-        let in_flight = config
+        let counters = config
+            .pools
+            .iter()
+            .map(|p| PoolCounters::new(&p.name, p.endpoints.len(), fingerprint(&p.endpoints)))
+            .collect();
+        let views = config
+            .pools
+            .iter()
+            .map(|p| PoolView::new(&p.name, p.endpoints.len()))
+            .collect();
+        let prefixes = if config.strategy.needs_prefix() {
+            config
+                .pools
+                .iter()
+                .map(|p| {
+                    let ids: Vec<u64> = p.endpoints.iter().map(|e| endpoint_id(e)).collect();
+                    RefCell::new(PrefixIndex::new(&config.profile.prefix, &ids))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pick_stats = config
             .pools
             .iter()
             .map(|p| {
-                let fingerprint = stable_hash(p.endpoints.join(",").as_bytes());
-                InFlight::new(&p.name, p.endpoints.len(), fingerprint)
+                p.endpoints
+                    .iter()
+                    .map(|e| {
+                        stats::name_with_labels(
+                            stats::ENDPOINT_PICKS_TOTAL,
+                            &[("pool", &p.name), ("endpoint", e)],
+                        )
+                    })
+                    .collect()
             })
             .collect();
         FilterState {
+            pick_stats,
             config,
             rng: RefCell::new(rng),
             round_robin,
-            in_flight,
+            counters,
+            views,
+            prefixes,
         }
     }
 
@@ -56,26 +119,108 @@ impl FilterState {
         self.rng.borrow_mut().next_u64()
     }
 
-    /// Pick an endpoint of `pool` by the configured strategy. Returns the endpoint index and whether
-    /// it was counted in flight (and so must be released when the request ends).
-    fn pick_endpoint(&self, pool: usize) -> Option<(usize, bool)> {
-        let n = self.config.pools.get(pool)?.endpoints.len();
+    /// Pick an endpoint of `pool` by the configured strategy.
+    fn pick_endpoint(&self, pool: usize, facts: &RequestFacts) -> Pick {
+        let Some(p) = self.config.pools.get(pool) else {
+            return Pick::Unavailable;
+        };
+        let n = p.endpoints.len();
         let mut rng = self.rng.borrow_mut();
+        let uncounted = |i: Option<usize>| match i {
+            Some(index) => Pick::Endpoint {
+                index,
+                counted: false,
+                fail_open: false,
+            },
+            None => Pick::Unavailable,
+        };
+        let Some(counters) = self.counters.get(pool) else {
+            return Pick::Unavailable;
+        };
         match self.config.strategy {
             Strategy::RoundRobin => {
-                let cell = self.round_robin.get(pool)?;
+                let Some(cell) = self.round_robin.get(pool) else {
+                    return Pick::Unavailable;
+                };
                 let mut c = cell.get();
                 let i = scheduling::round_robin(n, &mut c);
                 cell.set(c);
-                i.map(|i| (i, false))
+                uncounted(i)
             }
-            Strategy::Random => scheduling::random(n, &mut rng).map(|i| (i, false)),
-            Strategy::LeastRequest => self
-                .in_flight
-                .get(pool)?
-                .pick_and_increment(|counts| scheduling::least_request(counts, &mut rng))
-                .map(|i| (i, true)),
+            Strategy::Random => uncounted(scheduling::random(n, &mut rng)),
+            Strategy::LeastRequest => counted(counters.pick_and_count(|c| {
+                scheduling::least_request(&c.in_flight, &mut rng)
+                    .map(|i| (i, false))
+                    .ok_or(Pick::Unavailable)
+            })),
+            Strategy::Default | Strategy::PrefixCache => {
+                let states = self.views.get(pool).map(|v| v.states(&p.endpoints));
+                let states = states.as_deref().map(Vec::as_slice).unwrap_or_default();
+                let prefix = self.prefixes.get(pool).map(RefCell::borrow);
+                let mut hashes = Vec::new();
+                if prefix.is_some() {
+                    self.config.profile.prefix.hash_prompt(
+                        facts.target_model,
+                        facts.prompt,
+                        &mut hashes,
+                    );
+                }
+                let request = SchedulingRequest {
+                    target_model: facts.target_model,
+                    target_kind: TargetKind::Detect,
+                    criticality: facts.criticality,
+                    failure_mode: self.config.failure_mode,
+                    now_ms: host::now_ms(),
+                    staleness_ms: p.metrics.staleness_ms,
+                    prefix_hashes: &hashes,
+                };
+                let picked = counters.pick_and_count(|c| {
+                    let candidates: Vec<Candidate> = (0..n)
+                        .map(|i| {
+                            let state = states.get(i).and_then(Option::as_ref);
+                            let picks = c.picks.get(i).copied().unwrap_or(0);
+                            Candidate {
+                                state,
+                                picks_since_scrape: state
+                                    .map(|s| picks.wrapping_sub(s.picks_at_scrape))
+                                    .unwrap_or(0),
+                                in_flight: c.in_flight.get(i).copied().unwrap_or(0),
+                            }
+                        })
+                        .collect();
+                    match schedule(
+                        &self.config.profile,
+                        &request,
+                        &candidates,
+                        prefix.as_deref(),
+                        &mut rng,
+                    ) {
+                        Decision::Pick {
+                            endpoint,
+                            fail_open,
+                        } => Ok((endpoint, fail_open)),
+                        Decision::Shed => Err(Pick::Shed),
+                        Decision::Unavailable => Err(Pick::Unavailable),
+                    }
+                });
+                drop(prefix);
+                if let (Ok((index, _)), Some(cell)) = (&picked, self.prefixes.get(pool)) {
+                    cell.borrow_mut().record(*index, &hashes);
+                }
+                counted(picked)
+            }
         }
+    }
+}
+
+fn counted(r: Result<(usize, bool), Pick>) -> Pick {
+    match r {
+        Ok((index, fail_open)) => Pick::Endpoint {
+            index,
+            counted: true,
+            fail_open,
+        },
+        Err(p) => p,
     }
 }
 
@@ -93,7 +238,21 @@ pub struct InferenceFilter {
     session: Option<String>,
     /// (pool, endpoint) counted in flight, released in `on_log`.
     counted: Option<(usize, usize)>,
+    /// The pick was made without fresh metrics.
+    fail_open: bool,
+    /// Bounded label values of this request's stats, filled in as the decision is made.
+    labels: Labels,
 }
+
+/// Label values for the request's stats. Model labels are bounded: configured names, else `other`.
+#[derive(Default)]
+struct Labels {
+    pool: Option<usize>,
+    model: Option<String>,
+    target: Option<String>,
+}
+
+const OTHER: &str = "other";
 
 impl InferenceFilter {
     pub fn new(state: Rc<FilterState>) -> InferenceFilter {
@@ -103,12 +262,42 @@ impl InferenceFilter {
             had_content_length: false,
             session: None,
             counted: None,
+            labels: Labels::default(),
+            fail_open: false,
         }
+    }
+
+    /// Count the request in `inference_router_requests_total` with its outcome.
+    fn count(&self, outcome: &str) {
+        let config = &self.state.config;
+        let pool = self
+            .labels
+            .pool
+            .and_then(|i| config.pools.get(i))
+            .map_or("none", |p| p.name.as_str());
+        let name = stats::name_with_labels(
+            stats::REQUESTS_TOTAL,
+            &[
+                ("pool", pool),
+                ("model", self.labels.model.as_deref().unwrap_or(OTHER)),
+                (
+                    "target_model",
+                    self.labels.target.as_deref().unwrap_or(OTHER),
+                ),
+                ("outcome", outcome),
+            ],
+        );
+        host_stats::increment(&name, 1);
     }
 
     /// Send an OpenAI-shaped error and stop the request here.
     fn reply(&mut self, status: u32, kind: &str, message: &str) -> Action {
         log::info!("{status} {kind}: {message}");
+        self.count(match status {
+            429 => "shed",
+            503 => "unavailable",
+            _ => "rejected",
+        });
         let body = openai::error_body(status as u16, kind, message);
         self.send_http_response(
             status,
@@ -119,22 +308,48 @@ impl InferenceFilter {
         Action::Pause
     }
 
-    /// Route to an endpoint of `pool`: set the destination header or reply 503.
-    fn route_to_pool(&mut self, pool: usize) -> Result<(), Action> {
+    /// Route to an endpoint of `pool`: set the destination header, or reply 429 / 503.
+    fn route_to_pool(&mut self, pool: usize, facts: &RequestFacts) -> Result<(), Action> {
         let state = Rc::clone(&self.state);
         let Some(p) = state.config.pools.get(pool) else {
             return Err(self.reply(503, "service_unavailable", "pool not found"));
         };
-        let Some((i, counted)) = state.pick_endpoint(pool) else {
-            let msg = format!("no endpoint available in pool \"{}\"", p.name);
-            return Err(self.reply(503, "service_unavailable", &msg));
-        };
-        if counted {
-            self.counted = Some((pool, i));
+        match state.pick_endpoint(pool, facts) {
+            Pick::Endpoint {
+                index,
+                counted,
+                fail_open,
+            } => {
+                if counted {
+                    self.counted = Some((pool, index));
+                }
+                if fail_open {
+                    log::debug!("pool {}: no fresh metrics, failing open", p.name);
+                    self.fail_open = true;
+                }
+                if let Some(name) = state.pick_stats.get(pool).and_then(|v| v.get(index)) {
+                    host_stats::increment(name, 1);
+                }
+                let endpoint = p
+                    .endpoints
+                    .get(index)
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+                Ok(())
+            }
+            Pick::Shed => {
+                let msg = format!(
+                    "pool \"{}\" is saturated; sheddable request dropped",
+                    p.name
+                );
+                Err(self.reply(429, "rate_limit_exceeded", &msg))
+            }
+            Pick::Unavailable => {
+                let msg = format!("no endpoint available in pool \"{}\"", p.name);
+                Err(self.reply(503, "service_unavailable", &msg))
+            }
         }
-        let endpoint = p.endpoints.get(i).map(String::as_str).unwrap_or_default();
-        self.set_http_request_header(&state.config.destination_header, Some(endpoint));
-        Ok(())
     }
 
     fn set_model_header(&self, model: &str) {
@@ -157,6 +372,19 @@ impl InferenceFilter {
             .map(str::as_bytes)
             .or(fields.user.as_deref().map(str::as_bytes));
         let decision = decide_model(&state.config, &fields.model, session, state.random());
+        let prompt: &[u8] = &[];
+        let passthrough = matches!(decision, ModelDecision::Passthrough { .. });
+        match &decision {
+            ModelDecision::Configured { model, target } => {
+                self.labels = Labels {
+                    pool: Some(model.pool),
+                    model: Some(model.name.clone()),
+                    target: Some(target.unwrap_or(&model.name).to_string()),
+                };
+            }
+            ModelDecision::Passthrough { pool } => self.labels.pool = *pool,
+            ModelDecision::Reject => {}
+        }
         match decision {
             ModelDecision::Reject => {
                 let msg = format!("The model `{}` does not exist.", fields.model);
@@ -164,14 +392,24 @@ impl InferenceFilter {
             }
             ModelDecision::Passthrough { pool } => {
                 if let Some(pool) = pool {
-                    if let Err(action) = self.route_to_pool(pool) {
+                    let facts = RequestFacts {
+                        target_model: &fields.model,
+                        criticality: Criticality::Standard,
+                        prompt,
+                    };
+                    if let Err(action) = self.route_to_pool(pool, &facts) {
                         return action;
                     }
                 }
                 self.set_model_header(&fields.model);
             }
             ModelDecision::Configured { model, target } => {
-                if let Err(action) = self.route_to_pool(model.pool) {
+                let facts = RequestFacts {
+                    target_model: target.unwrap_or(&fields.model),
+                    criticality: model.criticality,
+                    prompt,
+                };
+                if let Err(action) = self.route_to_pool(model.pool, &facts) {
                     return action;
                 }
                 match target {
@@ -191,6 +429,13 @@ impl InferenceFilter {
             }
         }
         host::clear_route_cache();
+        self.count(if passthrough {
+            "passthrough"
+        } else if self.fail_open {
+            "failed_open"
+        } else {
+            "routed"
+        });
         self.stage = Stage::Done;
         Action::Continue
     }
@@ -253,8 +498,8 @@ impl HttpContext for InferenceFilter {
 
     fn on_log(&mut self) {
         if let Some((pool, i)) = self.counted.take() {
-            if let Some(counter) = self.state.in_flight.get(pool) {
-                counter.decrement(i);
+            if let Some(counters) = self.state.counters.get(pool) {
+                counters.release(i);
             }
         }
     }

@@ -33,3 +33,12 @@ pub fn random_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x5eed)
 }
+
+/// Wall-clock milliseconds since the Unix epoch, as Envoy reports it.
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -5,10 +5,12 @@
 //! `inference-router` (the HTTP filter) and `inference-router-collector` (the metrics collector).
 
 mod collector;
+mod counters;
 mod filter;
 mod host;
-mod in_flight;
 mod plugin;
+mod pool_view;
+mod stats;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

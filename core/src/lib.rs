@@ -3,7 +3,10 @@
 //! repository) feeds it request facts and carries out what it decides.
 
 pub mod config;
+pub mod metrics;
 pub mod openai;
+pub mod pool;
 pub mod request;
 pub mod rollout;
 pub mod scheduling;
+pub mod stats;

@@ -45,6 +45,8 @@ pub struct EnvoySpec {
     pub passthrough: Vec<SocketAddr>,
     /// Also run a listener without the plugin.
     pub plain_listener: bool,
+    /// Run the metrics collector as a singleton bootstrap service (collector mode "service").
+    pub collector_service: bool,
     pub wasm: PathBuf,
 }
 
@@ -72,7 +74,21 @@ impl EnvoySpec {
         if let Some(h) = config.get("destinationHeader").and_then(Value::as_str) {
             spec.destination_header = h.to_string();
         }
+        // Metrics-based strategies (DEFAULT when none is named) get the collector service, unless
+        // the document asks for the embedded collector.
+        let strategy = config
+            .pointer("/scheduling/strategy")
+            .and_then(Value::as_str);
+        let mode = config.pointer("/collector/mode").and_then(Value::as_str);
+        spec.collector_service = matches!(strategy, None | Some("DEFAULT") | Some("PREFIX_CACHE"))
+            && mode != Some("embedded");
         spec
+    }
+
+    /// Leave the collector service out (the filter then has no fresh metrics).
+    pub fn without_collector(mut self) -> EnvoySpec {
+        self.collector_service = false;
+        self
     }
 
     /// The plugin with a configuration string taken as is (for documents that must not parse).
@@ -83,6 +99,7 @@ impl EnvoySpec {
             destination_header: DESTINATION_HEADER.to_string(),
             passthrough: Vec::new(),
             plain_listener: false,
+            collector_service: false,
             wasm: wasm_module(),
         }
     }
@@ -146,12 +163,51 @@ impl EnvoySpec {
             .map(|name| original_dst_cluster(name, &self.destination_header))
             .collect();
         clusters.push(static_cluster("passthrough", &self.passthrough));
-        Ok(json!({
+        let mut bootstrap = json!({
             "admin": {"address": socket("127.0.0.1", 0)},
             "stats_flush_interval": "1s",
+            "stats_config": {"stats_tags": stats_tags()},
             "static_resources": {"listeners": listeners, "clusters": clusters},
-        }))
+        });
+        if let (true, Some(config)) = (self.collector_service, &self.plugin_config) {
+            bootstrap["bootstrap_extensions"] = json!([collector_service(&self.wasm, config)]);
+        }
+        Ok(bootstrap)
     }
+}
+
+/// One rule per label the plugin puts in its metric names (`name;.;pool=.=P;.;…`), as shipped in
+/// envoy/envoy.yaml.
+fn stats_tags() -> Value {
+    let tags: Vec<Value> = ["pool", "model", "target_model", "endpoint", "outcome"]
+        .iter()
+        .map(|t| json!({"tag_name": t, "regex": format!("(;\\.;{t}=\\.=(.+?))(?:;\\.;|$)")}))
+        .collect();
+    Value::Array(tags)
+}
+
+/// The collector in "service" mode: a singleton bootstrap wasm service sharing the filter's vm_id.
+fn collector_service(module: &Path, config: &str) -> Value {
+    json!({
+        "name": "envoy.bootstrap.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+            "singleton": true,
+            "config": {
+                "name": "inference-router-collector",
+                "root_id": "inference-router-collector",
+                "vm_config": {
+                    "vm_id": "inference-router",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": module.display().to_string()}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config,
+                },
+            },
+        },
+    })
 }
 
 fn socket(ip: &str, port: u16) -> Value {

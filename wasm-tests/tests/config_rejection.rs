@@ -96,14 +96,19 @@ async fn unknown_strategy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_based_strategies_are_not_available_yet() {
-    for strategy in ["DEFAULT", "PREFIX_CACHE"] {
-        assert_refused(
-            with(|c| c["scheduling"]["strategy"] = json!(strategy)),
-            "scheduling.strategy",
-        )
-        .await;
-    }
+async fn bad_scheduling_settings() {
+    assert_refused(
+        with(|c| c["scheduling"] = json!({"strategy": "DEFAULT", "scorers": {"queue": -2}})),
+        "scheduling.scorers.queue",
+    )
+    .await;
+    assert_refused(
+        with(|c| {
+            c["scheduling"] = json!({"strategy": "PREFIX_CACHE", "saturation": {"kvCacheUsage": 2}})
+        }),
+        "scheduling.saturation.kvCacheUsage",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

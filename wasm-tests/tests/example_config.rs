@@ -17,14 +17,15 @@ fn shipped_yaml() -> String {
     std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap()
 }
 
-/// The block scalar under `value: |` in envoy.yaml: the plugin's inline configuration.
+/// The block scalar under `value: &plugin-config |` in envoy.yaml: the plugin's inline
+/// configuration (the filter refers to it by the YAML alias).
 fn inline_configuration(yaml: &str) -> Value {
     let mut lines = yaml
         .lines()
-        .skip_while(|l| !l.trim_end().ends_with("value: |"));
+        .skip_while(|l| !l.trim_end().ends_with("value: &plugin-config |"));
     let header = lines
         .next()
-        .expect("a `value: |` block in envoy/envoy.yaml");
+        .expect("a `value: &plugin-config |` block in envoy/envoy.yaml");
     let indent = header.len() - header.trim_start().len();
     let block: Vec<&str> = lines
         .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)

@@ -5,7 +5,7 @@
 mod raw;
 
 use crate::rollout::WeightedTargets;
-use crate::scheduling::Strategy;
+use crate::scheduling::{Profile, Strategy};
 use raw::{RawConfig, RawModel, RawPool};
 use std::collections::HashMap;
 use std::fmt;
@@ -124,6 +124,8 @@ pub struct Config {
     pub default_pool: Option<usize>,
     pub unknown_models: UnknownModels,
     pub strategy: Strategy,
+    /// Scorer weights, saturation thresholds and prefix settings of the strategy.
+    pub profile: Profile,
     pub collector: CollectorMode,
     pub destination_header: String,
     pub session_header: Option<String>,
@@ -160,7 +162,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     for (i, p) in raw.pools.into_iter().enumerate() {
         let pool = compile_pool(i, p)?;
         if pools.iter().any(|q: &Pool| q.name == pool.name) {
-            return Err(err(format!("pools[{i}].name"), format!("duplicate pool \"{}\"", pool.name)));
+            return Err(err(
+                format!("pools[{i}].name"),
+                format!("duplicate pool \"{}\"", pool.name),
+            ));
         }
         pools.push(pool);
     }
@@ -199,9 +204,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let strategy = match raw.scheduling.strategy.as_deref() {
-        None => Strategy::LeastRequest,
+        None => Strategy::Default,
         Some(s) => Strategy::parse(s).map_err(|m| err("scheduling.strategy", m))?,
     };
+    let profile = Profile::from_config(strategy, &raw.scheduling)
+        .map_err(|(f, m)| err(format!("scheduling.{f}"), m))?;
 
     let collector = match raw.collector.mode.as_deref() {
         None | Some("service") => CollectorMode::Service,
@@ -216,7 +223,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let destination_header = header_name(
         "destinationHeader",
-        raw.destination_header.as_deref().unwrap_or(DEFAULT_DESTINATION_HEADER),
+        raw.destination_header
+            .as_deref()
+            .unwrap_or(DEFAULT_DESTINATION_HEADER),
     )?;
     let session_header = match raw.session_header.as_deref() {
         None => None,
@@ -248,6 +257,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         default_pool,
         unknown_models,
         strategy,
+        profile,
         collector,
         destination_header,
         session_header,
@@ -355,7 +365,10 @@ fn compile_model(
     let targets = match m.target_models {
         None => None,
         Some(list) if list.is_empty() => {
-            return Err(err(at("targetModels"), "must not be empty (omit it instead)"))
+            return Err(err(
+                at("targetModels"),
+                "must not be empty (omit it instead)",
+            ))
         }
         Some(list) => {
             let weighted = list.iter().filter(|t| t.weight.is_some()).count();
@@ -368,7 +381,10 @@ fn compile_model(
             let mut pairs: Vec<(String, u32)> = Vec::with_capacity(list.len());
             for (j, t) in list.into_iter().enumerate() {
                 if t.name.is_empty() {
-                    return Err(err(at(&format!("targetModels[{j}].name")), "must not be empty"));
+                    return Err(err(
+                        at(&format!("targetModels[{j}].name")),
+                        "must not be empty",
+                    ));
                 }
                 if pairs.iter().any(|(n, _)| *n == t.name) {
                     return Err(err(

@@ -1,6 +1,7 @@
 //! The configuration document exactly as users write it (CONTRACT section 3).
 //! Unknown fields are refused so a typo is named instead of silently ignored.
 
+use crate::scheduling::SchedulingConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ pub struct RawConfig {
     pub default_pool: Option<String>,
     pub unknown_models: Option<String>,
     #[serde(default)]
-    pub scheduling: RawScheduling,
+    pub scheduling: SchedulingConfig,
     #[serde(default)]
     pub collector: RawCollector,
     pub destination_header: Option<String>,
@@ -63,12 +64,6 @@ pub struct RawTarget {
     pub name: String,
     // Signed so a negative weight gets our own message rather than serde's.
     pub weight: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RawScheduling {
-    pub strategy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

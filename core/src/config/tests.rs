@@ -46,7 +46,10 @@ fn the_contract_example_parses() {
     let m = c.model("lora-request").unwrap();
     assert_eq!(m.pool, 0);
     assert_eq!(m.criticality, Criticality::Standard);
-    assert_eq!(m.targets.as_ref().unwrap().names(), ["tweet-summary", "sql-lora"]);
+    assert_eq!(
+        m.targets.as_ref().unwrap().names(),
+        ["tweet-summary", "sql-lora"]
+    );
     assert_eq!(c.default_pool, Some(0));
     assert_eq!(c.strategy, Strategy::LeastRequest);
     assert_eq!(c.session_header.as_deref(), Some("x-session-id"));
@@ -63,6 +66,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.pools[0].engine, Engine::Vllm);
     assert_eq!(c.pools[0].endpoints, ["[::1]:80"]);
     assert_eq!(c.session_header, None);
+    assert_eq!(c.strategy, Strategy::Default);
 }
 
 #[test]
@@ -71,20 +75,47 @@ fn each_error_names_its_field() {
         ("{", "configuration"),
         ("[]", "configuration"),
         (r#"{"pools":[{"name":"p"}],"bogus":1}"#, "bogus"),
-        (r#"{"pools":[{"name":"p","endpoints":["nope"]}]}"#, "pools[0].endpoints[0]"),
-        (r#"{"pools":[{"name":"p","endpoints":["host:80"]}]}"#, "pools[0].endpoints[0]"),
-        (r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:0"]}]}"#, "pools[0].endpoints[0]"),
+        (
+            r#"{"pools":[{"name":"p","endpoints":["nope"]}]}"#,
+            "pools[0].endpoints[0]",
+        ),
+        (
+            r#"{"pools":[{"name":"p","endpoints":["host:80"]}]}"#,
+            "pools[0].endpoints[0]",
+        ),
+        (
+            r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:0"]}]}"#,
+            "pools[0].endpoints[0]",
+        ),
         (
             r#"{"pools":[{"name":"p","endpoints":["1.2.3.4:1","1.2.3.4:1"]}]}"#,
             "pools[0].endpoints[1]",
         ),
         (r#"{"pools":[{"name":"p"},{"name":"p"}]}"#, "pools[1].name"),
-        (r#"{"pools":[{"name":"p","engine":"tgi"}]}"#, "pools[0].engine"),
-        (r#"{"pools":[{"name":"p","discovery":{}}]}"#, "pools[0].discovery"),
-        (r#"{"pools":[{"name":"p","metrics":{"intervalMs":0}}]}"#, "pools[0].metrics.intervalMs"),
-        (r#"{"pools":[{"name":"p","endpoints":[3]}]}"#, "pools[0].endpoints[0]"),
-        (r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"x"}]}"#, "models[0].poolRef"),
-        (r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m"}]}"#, "models[0].poolRef"),
+        (
+            r#"{"pools":[{"name":"p","engine":"tgi"}]}"#,
+            "pools[0].engine",
+        ),
+        (
+            r#"{"pools":[{"name":"p","discovery":{}}]}"#,
+            "pools[0].discovery",
+        ),
+        (
+            r#"{"pools":[{"name":"p","metrics":{"intervalMs":0}}]}"#,
+            "pools[0].metrics.intervalMs",
+        ),
+        (
+            r#"{"pools":[{"name":"p","endpoints":[3]}]}"#,
+            "pools[0].endpoints[0]",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"x"}]}"#,
+            "models[0].poolRef",
+        ),
+        (
+            r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m"}]}"#,
+            "models[0].poolRef",
+        ),
         (
             r#"{"pools":[{"name":"p"}],"models":[{"modelName":"m","poolRef":"p"},{"modelName":"m","poolRef":"p"}]}"#,
             "models[1].modelName",
@@ -111,10 +142,20 @@ fn each_error_names_its_field() {
         ),
         (r#"{"defaultPool":"x"}"#, "defaultPool"),
         (r#"{"unknownModels":"drop"}"#, "unknownModels"),
-        (r#"{"scheduling":{"strategy":"FASTEST"}}"#, "scheduling.strategy"),
-        (r#"{"scheduling":{"strategy":"DEFAULT"}}"#, "scheduling.strategy"),
-        (r#"{"scheduling":{"strategy":"PREFIX_CACHE"}}"#, "scheduling.strategy"),
+        (
+            r#"{"scheduling":{"strategy":"FASTEST"}}"#,
+            "scheduling.strategy",
+        ),
         (r#"{"collector":{"mode":"sidecar"}}"#, "collector.mode"),
+        (
+            r#"{"scheduling":{"scorers":{"queue":-1}}}"#,
+            "scheduling.scorers.queue",
+        ),
+        (
+            r#"{"scheduling":{"saturation":{"kvCacheUsage":1.5}}}"#,
+            "scheduling.saturation.kvCacheUsage",
+        ),
+        (r#"{"scheduling":{"bogus":1}}"#, "scheduling.bogus"),
         (r#"{"destinationHeader":"bad header"}"#, "destinationHeader"),
         (r#"{"sessionHeader":""}"#, "sessionHeader"),
         (r#"{"maxRequestBodyBytes":0}"#, "maxRequestBodyBytes"),
@@ -129,9 +170,22 @@ fn each_error_names_its_field() {
 }
 
 #[test]
-fn default_and_prefix_cache_are_refused_with_a_reason() {
-    let e = refused(r#"{"scheduling":{"strategy":"DEFAULT"}}"#);
-    assert!(e.message.contains("collector"), "{e}");
+fn default_and_prefix_cache_are_accepted() {
+    for (doc, strategy) in [
+        (
+            r#"{"scheduling":{"strategy":"DEFAULT"}}"#,
+            Strategy::Default,
+        ),
+        (
+            r#"{"scheduling":{"strategy":"PREFIX_CACHE"}}"#,
+            Strategy::PrefixCache,
+        ),
+    ] {
+        match Config::parse(doc.as_bytes()) {
+            Ok(c) => assert_eq!(c.strategy, strategy, "{doc}"),
+            Err(e) => panic!("{doc}: {e}"),
+        }
+    }
 }
 
 #[test]

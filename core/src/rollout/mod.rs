@@ -56,7 +56,10 @@ impl WeightedTargets {
             return "";
         }
         // `r % total` is biased by at most total / 2^64: negligible for integer weights.
-        self.names.get(self.at(r % total)).map(String::as_str).unwrap_or("")
+        self.names
+            .get(self.at(r % total))
+            .map(String::as_str)
+            .unwrap_or("")
     }
 }
 

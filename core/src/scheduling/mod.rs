@@ -1,10 +1,27 @@
-//! Endpoint scheduling, in the Gateway API Inference Extension's vocabulary: filters narrow the
-//! candidates, scorers rank them, a picker chooses. This first cut has the load-only strategies;
-//! the metrics-based profiles (DEFAULT, PREFIX_CACHE) arrive with the metrics collector.
+//! Endpoint scheduling, in the Gateway API Inference Extension's vocabulary: **filters** narrow the
+//! candidates (`filters`), **scorers** give each candidate a value in [0, 1] (`scorers`), combined
+//! with the **profile**'s weights (`profile`), and a **picker** chooses the maximum with a random
+//! tie-break (`picker`). `schedule` runs one profile for one request; `prefix` holds the prompt
+//! hashing and the per-endpoint prefix index of the PREFIX_CACHE strategy.
+//!
+//! The load-only strategies (ROUND_ROBIN, RANDOM, LEAST_REQUEST) keep their own small pickers,
+//! which need no metrics.
 
+mod filters;
 mod picker;
+pub mod prefix;
+mod profile;
+mod schedule;
+pub mod scorers;
 
-pub use picker::{least_request, random, round_robin};
+pub use filters::{has_headroom, is_fresh};
+pub use picker::{least_request, random, round_robin, MaxPicker};
+pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex};
+pub use profile::{
+    PrefixConfig, PrefixSettings, Profile, Saturation, SaturationConfig, SchedulingConfig,
+    ScorersConfig, Weights,
+};
+pub use schedule::{explain, schedule, Candidate, Decision, SchedulingRequest, Scores, TargetKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -12,6 +29,10 @@ pub enum Strategy {
     Random,
     /// Fewest in-flight requests, counted across all of Envoy's workers.
     LeastRequest,
+    /// Metrics-based: queue, KV cache, LoRA affinity and in-flight scorers.
+    Default,
+    /// DEFAULT plus the prefix-cache scorer.
+    PrefixCache,
 }
 
 impl Strategy {
@@ -20,10 +41,8 @@ impl Strategy {
             "ROUND_ROBIN" => Ok(Strategy::RoundRobin),
             "RANDOM" => Ok(Strategy::Random),
             "LEAST_REQUEST" => Ok(Strategy::LeastRequest),
-            "DEFAULT" | "PREFIX_CACHE" => Err(format!(
-                "\"{s}\" needs the metrics collector, which this version does not have yet; \
-                 use LEAST_REQUEST, ROUND_ROBIN or RANDOM"
-            )),
+            "DEFAULT" => Ok(Strategy::Default),
+            "PREFIX_CACHE" => Ok(Strategy::PrefixCache),
             other => Err(format!(
                 "\"{other}\" is not one of DEFAULT, PREFIX_CACHE, LEAST_REQUEST, ROUND_ROBIN, RANDOM"
             )),
@@ -32,7 +51,20 @@ impl Strategy {
 
     /// Whether picks need the shared in-flight counts (which cost a shared-data read and write).
     pub fn needs_in_flight(self) -> bool {
-        matches!(self, Strategy::LeastRequest)
+        matches!(
+            self,
+            Strategy::LeastRequest | Strategy::Default | Strategy::PrefixCache
+        )
+    }
+
+    /// Whether picks need the collector's published endpoint metrics (go through `schedule`).
+    pub fn needs_metrics(self) -> bool {
+        matches!(self, Strategy::Default | Strategy::PrefixCache)
+    }
+
+    /// Whether the host must hash prompts and keep a `PrefixIndex`.
+    pub fn needs_prefix(self) -> bool {
+        matches!(self, Strategy::PrefixCache)
     }
 }
 
@@ -56,3 +88,6 @@ impl Rng {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
+
+#[cfg(test)]
+mod tests;

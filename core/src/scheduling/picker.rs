@@ -1,5 +1,5 @@
-//! Pickers for the load-only strategies. Each returns an index into the pool's endpoints,
-//! or None for an empty pool.
+//! Pickers. The load-only strategies' pickers each return an index into the pool's endpoints,
+//! or None for an empty pool; `MaxPicker` is the profile picker: maximum score, random tie-break.
 
 use super::Rng;
 
@@ -34,6 +34,53 @@ pub fn least_request(in_flight: &[u32], rng: &mut Rng) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// Scores closer than this are a tie: equal endpoints give bit-equal sums, and anything closer
+/// is noise, not a preference.
+const TIE: f64 = 1e-9;
+
+/// Maximum score with a uniform random tie-break, in one pass and no allocation: the k-th tied
+/// candidate replaces the current choice with probability 1/k (reservoir sampling).
+#[derive(Debug, Clone)]
+pub struct MaxPicker {
+    best: Option<usize>,
+    score: f64,
+    ties: usize,
+}
+
+impl Default for MaxPicker {
+    fn default() -> Self {
+        MaxPicker::new()
+    }
+}
+
+impl MaxPicker {
+    pub fn new() -> MaxPicker {
+        MaxPicker {
+            best: None,
+            score: f64::NEG_INFINITY,
+            ties: 0,
+        }
+    }
+
+    /// Offer candidate `i` with `score`. A NaN score never wins.
+    pub fn offer(&mut self, i: usize, score: f64, rng: &mut Rng) {
+        if score > self.score + TIE {
+            self.best = Some(i);
+            self.score = score;
+            self.ties = 1;
+        } else if (score - self.score).abs() <= TIE {
+            self.ties += 1;
+            if rng.below(self.ties) == 0 {
+                self.best = Some(i);
+            }
+        }
+    }
+
+    pub fn best(&self) -> Option<usize> {
+        self.best
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +104,27 @@ mod tests {
         for _ in 0..3000 {
             let i = least_request(&[0, 5, 0], &mut rng).unwrap();
             seen[i] += 1;
+        }
+        assert_eq!(seen[1], 0);
+        assert!(seen[0] > 1300 && seen[2] > 1300, "{seen:?}");
+    }
+
+    #[test]
+    fn max_picker_takes_the_maximum_and_shares_ties() {
+        let mut rng = Rng::new(3);
+        let mut p = MaxPicker::new();
+        assert_eq!(p.best(), None);
+        for (i, s) in [0.5, 2.0, f64::NAN, 1.0].into_iter().enumerate() {
+            p.offer(i, s, &mut rng);
+        }
+        assert_eq!(p.best(), Some(1));
+        let mut seen = [0u32; 3];
+        for _ in 0..3000 {
+            let mut p = MaxPicker::new();
+            for (i, s) in [1.0, 0.0, 1.0].into_iter().enumerate() {
+                p.offer(i, s, &mut rng);
+            }
+            seen[p.best().unwrap()] += 1;
         }
         assert_eq!(seen[1], 0);
         assert!(seen[0] > 1300 && seen[2] > 1300, "{seen:?}");

@@ -1,0 +1,12 @@
+//! OpenAI-style request bodies: which API a request is for, a single-pass scan of the body for the fields the
+//! router needs, the byte-exact `model` rewrite, and the OpenAI error shape for replies the filter sends itself.
+
+mod errors;
+mod paths;
+mod rewrite;
+mod scan;
+
+pub use errors::error_body;
+pub use paths::{inference_api, InferenceApi};
+pub use rewrite::{encode_json_string, model_prefix_replacement, rewrite_model};
+pub use scan::{scan_request, BodyError, RequestFields, MAX_DEPTH};

@@ -1,0 +1,293 @@
+//! The collector's bookkeeping, free of host calls: which endpoint is due for a scrape, at most one
+//! scrape in flight per endpoint, what a good or failed scrape changes, and when a pool's
+//! snapshot must be published again. The host layer dispatches the HTTP calls and publishes.
+
+use super::{encode, EndpointState, Snapshot};
+use crate::config::Config;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    in_flight: bool,
+    next_due_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct PoolScrapes {
+    interval_ms: u64,
+    slots: Vec<Slot>,
+    snapshot: Snapshot,
+    dirty: bool,
+}
+
+/// One scrape to start: pool index, endpoint index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub pool: usize,
+    pub endpoint: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectorState {
+    pools: Vec<PoolScrapes>,
+}
+
+impl CollectorState {
+    pub fn new(config: &Config) -> CollectorState {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| PoolScrapes {
+                interval_ms: p.metrics.interval_ms,
+                slots: vec![
+                    Slot {
+                        in_flight: false,
+                        next_due_ms: 0
+                    };
+                    p.endpoints.len()
+                ],
+                snapshot: Snapshot {
+                    version: 0,
+                    endpoints: p
+                        .endpoints
+                        .iter()
+                        .map(|e| (e.clone(), EndpointState::default()))
+                        .collect(),
+                },
+                dirty: true,
+            })
+            .collect();
+        CollectorState { pools }
+    }
+
+    /// Carry on from a snapshot another collector published (a lease changed hands): keep what is
+    /// known of endpoints that are still configured, and continue its version numbers.
+    pub fn adopt(&mut self, pool: usize, previous: &Snapshot) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        p.snapshot.version = p.snapshot.version.max(previous.version);
+        for (addr, state) in p.snapshot.endpoints.iter_mut() {
+            if let Some((_, old)) = previous.endpoints.iter().find(|(a, _)| a == addr) {
+                *state = old.clone();
+            }
+        }
+    }
+
+    /// Scrapes to start now; each is marked in flight until `succeeded` or `failed` is called.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Due> {
+        let mut out = Vec::new();
+        for (pool, p) in self.pools.iter_mut().enumerate() {
+            for (endpoint, slot) in p.slots.iter_mut().enumerate() {
+                if !slot.in_flight && now_ms >= slot.next_due_ms {
+                    slot.in_flight = true;
+                    slot.next_due_ms = now_ms + p.interval_ms;
+                    out.push(Due { pool, endpoint });
+                }
+            }
+        }
+        out
+    }
+
+    /// A scrape could not be started (the host refused the call): try again next interval.
+    pub fn not_started(&mut self, due: Due, now_ms: u64) {
+        self.failed(due, now_ms);
+    }
+
+    /// A good scrape: `scraped` holds the engine's numbers; `picks_now` the filter's pick counter.
+    pub fn succeeded(&mut self, due: Due, mut scraped: EndpointState, now_ms: u64, picks_now: u32) {
+        let Some(p) = self.pools.get_mut(due.pool) else {
+            return;
+        };
+        if let Some(slot) = p.slots.get_mut(due.endpoint) {
+            slot.in_flight = false;
+        }
+        if let Some((_, state)) = p.snapshot.endpoints.get_mut(due.endpoint) {
+            scraped.last_scrape_ms = now_ms;
+            scraped.consecutive_failures = 0;
+            scraped.picks_at_scrape = picks_now;
+            *state = scraped;
+            p.dirty = true;
+        }
+    }
+
+    /// A failed scrape (error status, timeout, unparsable page). The last good numbers stay, aging
+    /// toward staleness; the failure count tells the scheduler not to trust them.
+    pub fn failed(&mut self, due: Due, _now_ms: u64) {
+        let Some(p) = self.pools.get_mut(due.pool) else {
+            return;
+        };
+        if let Some(slot) = p.slots.get_mut(due.endpoint) {
+            slot.in_flight = false;
+        }
+        if let Some((_, state)) = p.snapshot.endpoints.get_mut(due.endpoint) {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            p.dirty = true;
+        }
+    }
+
+    /// Whether any scrape of `pool` is still in flight.
+    pub fn busy(&self, pool: usize) -> bool {
+        self.pools
+            .get(pool)
+            .is_some_and(|p| p.slots.iter().any(|s| s.in_flight))
+    }
+
+    /// The encoded snapshot of `pool` with a new version, if anything changed since the last one.
+    pub fn publish(&mut self, pool: usize) -> Option<(u64, Vec<u8>)> {
+        let p = self.pools.get_mut(pool)?;
+        if !p.dirty {
+            return None;
+        }
+        p.dirty = false;
+        p.snapshot.version += 1;
+        Some((p.snapshot.version, encode(&p.snapshot)))
+    }
+
+    pub fn snapshot(&self, pool: usize) -> Option<&Snapshot> {
+        self.pools.get(pool).map(|p| &p.snapshot)
+    }
+
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+}
+
+/// The embedded collector's lease: the worker holding it scrapes, the others do not. Stored in
+/// shared data as owner id (u64) and expiry (ms, u64); written with compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: u64,
+    pub expires_ms: u64,
+}
+
+impl Lease {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.owner.to_le_bytes());
+        b[8..].copy_from_slice(&self.expires_ms.to_le_bytes());
+        b
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Lease> {
+        Some(Lease {
+            owner: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
+            expires_ms: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
+        })
+    }
+
+    /// What `me` should write to hold the lease for `ttl_ms` more, or None when another live
+    /// owner holds it. Renewing one's own lease and taking an expired or absent one both succeed.
+    pub fn claim(current: Option<Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> Option<Lease> {
+        match current {
+            Some(l) if l.owner != me && l.expires_ms > now_ms => None,
+            _ => Some(Lease {
+                owner: me,
+                expires_ms: now_ms + ttl_ms,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn config() -> Config {
+        Config::parse(
+            br#"{"pools":[{"name":"p","endpoints":["127.0.0.11:8000","127.0.0.12:8000"],
+                 "metrics":{"intervalMs":100}}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn one_scrape_in_flight_per_endpoint_and_one_per_interval() {
+        let mut c = CollectorState::new(&config());
+        assert_eq!(c.due(1000).len(), 2);
+        // In flight: nothing more, however late.
+        assert!(c.due(5000).is_empty());
+        let d = Due {
+            pool: 0,
+            endpoint: 0,
+        };
+        c.succeeded(d, EndpointState::default(), 1010, 0);
+        // Due again only a full interval after it was started.
+        assert!(c.due(1050).is_empty());
+        assert_eq!(c.due(1100), vec![d]);
+    }
+
+    #[test]
+    fn success_and_failure_update_the_snapshot_and_version() {
+        let mut c = CollectorState::new(&config());
+        let d = Due {
+            pool: 0,
+            endpoint: 1,
+        };
+        c.due(0);
+        let scraped = EndpointState {
+            waiting: 4,
+            ..EndpointState::default()
+        };
+        c.succeeded(d, scraped, 500, 17);
+        let (v1, _) = c.publish(0).unwrap();
+        assert!(c.publish(0).is_none(), "nothing changed");
+        let s = &c.snapshot(0).unwrap().endpoints[1].1;
+        assert_eq!(
+            (s.waiting, s.last_scrape_ms, s.picks_at_scrape),
+            (4, 500, 17)
+        );
+        c.due(1000);
+        c.failed(d, 1000);
+        let (v2, bytes) = c.publish(0).unwrap();
+        assert!(v2 > v1);
+        let s = &crate::pool::decode(&bytes).unwrap().endpoints[1].1;
+        assert_eq!(
+            (s.waiting, s.consecutive_failures, s.last_scrape_ms),
+            (4, 1, 500)
+        );
+    }
+
+    #[test]
+    fn adopting_a_previous_snapshot_continues_versions_and_state() {
+        let mut old = CollectorState::new(&config());
+        old.due(0);
+        old.succeeded(
+            Due {
+                pool: 0,
+                endpoint: 0,
+            },
+            EndpointState {
+                running: 9,
+                ..Default::default()
+            },
+            10,
+            0,
+        );
+        old.publish(0);
+        old.publish(0);
+        let prev = old.snapshot(0).unwrap().clone();
+        let mut new = CollectorState::new(&config());
+        new.adopt(0, &prev);
+        let (v, bytes) = new.publish(0).unwrap();
+        assert!(v > prev.version);
+        assert_eq!(
+            crate::pool::decode(&bytes).unwrap().endpoints[0].1.running,
+            9
+        );
+    }
+
+    #[test]
+    fn lease_is_exclusive_until_it_expires() {
+        let l = Lease::claim(None, 1, 1000, 200).unwrap();
+        assert_eq!(Lease::decode(&l.encode()), Some(l));
+        assert_eq!(Lease::claim(Some(l), 2, 1100, 200), None);
+        assert_eq!(
+            Lease::claim(Some(l), 1, 1100, 200).unwrap().expires_ms,
+            1300
+        );
+        assert_eq!(Lease::claim(Some(l), 2, 1200, 200).unwrap().owner, 2);
+        assert_eq!(Lease::decode(b"short"), None);
+    }
+}

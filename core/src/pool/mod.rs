@@ -1,0 +1,38 @@
+//! The pool's published state: what the metrics collector learned of each endpoint, as the
+//! filter reads it from Envoy shared data. The collector writes one versioned snapshot per pool;
+//! filters decode it only when its version changes, never per request.
+
+/// One endpoint as last scraped. Adapter names are as the engine reports them (LoRA names).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointState {
+    /// Requests waiting in the engine's queue.
+    pub waiting: u32,
+    /// Requests the engine is running.
+    pub running: u32,
+    /// KV-cache use, a fraction in [0, 1].
+    pub kv_cache_usage: f32,
+    /// LoRA adapters loaded and serving.
+    pub running_adapters: Vec<String>,
+    /// LoRA adapters requested but waiting for a slot.
+    pub waiting_adapters: Vec<String>,
+    /// LoRA slots on the GPU (vLLM's `max_lora`), when known.
+    pub max_lora: Option<u32>,
+    /// KV-cache block size in tokens, when known.
+    pub block_size: Option<u32>,
+    /// KV-cache blocks on the GPU, when known.
+    pub num_gpu_blocks: Option<u32>,
+    /// Wall-clock time (ms since the Unix epoch) of the last good scrape; 0 = never.
+    pub last_scrape_ms: u64,
+    /// Scrapes failed in a row since the last good one.
+    pub consecutive_failures: u32,
+    /// The filter's pick counter for this endpoint when the last good scrape completed: picks made
+    /// since then are requests the scraped numbers do not include yet.
+    pub picks_at_scrape: u32,
+}
+
+mod collector;
+mod snapshot;
+
+pub use collector::{CollectorState, Due, Lease};
+
+pub use snapshot::{decode, encode, peek_version, Snapshot, SnapshotError};

@@ -1,0 +1,143 @@
+//! Scorers: each gives a candidate a value in [0, 1], higher is better. The min–max ones need the
+//! candidates' range, which `schedule` computes in one pass before scoring.
+
+use crate::pool::EndpointState;
+
+/// The queue the endpoint will have once our requests since its last scrape arrive. Counting the
+/// picks is what spreads a burst: every pick raises the picked endpoint's queue for the next one.
+pub fn effective_queue(s: &EndpointState, picks_since_scrape: u32) -> u64 {
+    u64::from(s.waiting) + u64::from(picks_since_scrape)
+}
+
+/// Min–max normalisation where less is better: the minimum scores 1, the maximum 0, all equal 1.
+pub fn lower_is_better(value: u64, min: u64, max: u64) -> f64 {
+    if max <= min {
+        return 1.0;
+    }
+    let v = value.clamp(min, max);
+    (max - v) as f64 / (max - min) as f64
+}
+
+/// Queue scorer: min–max over the candidates of the effective queue.
+pub fn queue(s: &EndpointState, picks_since_scrape: u32, min: u64, max: u64) -> f64 {
+    lower_is_better(effective_queue(s, picks_since_scrape), min, max)
+}
+
+/// KV-cache scorer: the free fraction. Unknown (non-finite) use scores 0.
+pub fn kv_cache(s: &EndpointState) -> f64 {
+    let u = s.kv_cache_usage;
+    if u.is_finite() {
+        1.0 - f64::from(u.clamp(0.0, 1.0))
+    } else {
+        0.0
+    }
+}
+
+/// In-flight scorer: min–max over the candidates of this gateway's open requests there. It is the
+/// only signal that also falls between scrapes (requests end), where `picks_since_scrape`, already
+/// in the effective queue, only grows.
+pub fn in_flight(in_flight: u32, min: u32, max: u32) -> f64 {
+    lower_is_better(u64::from(in_flight), u64::from(min), u64::from(max))
+}
+
+/// Whether the endpoint reports `adapter` as running or waiting.
+pub fn knows_adapter(s: &EndpointState, adapter: &str) -> bool {
+    s.running_adapters.iter().any(|a| a == adapter)
+        || s.waiting_adapters.iter().any(|a| a == adapter)
+}
+
+/// LoRA-affinity scorer for a request to `adapter` (None: the base model, 1 everywhere):
+/// 1.0 running there; 0.8 not running but a free slot; 0.6 waiting for a slot there; 0 otherwise.
+/// A free slot means running + waiting adapters < `max_lora`: waiting adapters take the next free
+/// slots before ours. Unknown `max_lora` claims no free slot: we cannot promise a load without an
+/// eviction wait, and it keeps the preference for endpoints already serving the adapter strong.
+pub fn lora_affinity(s: &EndpointState, adapter: Option<&str>) -> f64 {
+    let Some(a) = adapter else { return 1.0 };
+    if s.running_adapters.iter().any(|r| r == a) {
+        return 1.0;
+    }
+    let used = s.running_adapters.len() + s.waiting_adapters.len();
+    if s.max_lora.is_some_and(|m| used < m as usize) {
+        return 0.8;
+    }
+    if s.waiting_adapters.iter().any(|w| w == a) {
+        return 0.6;
+    }
+    0.0
+}
+
+/// Prefix scorer: matched leading blocks over the request's blocks (0 for a prompt too short to
+/// fill one block, which is the same for every endpoint and so no preference).
+pub fn prefix(matched: usize, blocks: usize) -> f64 {
+    if blocks == 0 {
+        0.0
+    } else {
+        matched.min(blocks) as f64 / blocks as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn min_max() {
+        assert_eq!(lower_is_better(3, 3, 3), 1.0);
+        assert_eq!(lower_is_better(0, 0, 4), 1.0);
+        assert_eq!(lower_is_better(4, 0, 4), 0.0);
+        assert_eq!(lower_is_better(1, 0, 4), 0.75);
+        assert_eq!(lower_is_better(9, 0, 4), 0.0, "clamped");
+        assert_eq!(in_flight(2, 2, 2), 1.0);
+    }
+
+    #[test]
+    fn kv() {
+        let mut s = EndpointState {
+            kv_cache_usage: 0.25,
+            ..Default::default()
+        };
+        assert_eq!(kv_cache(&s), 0.75);
+        s.kv_cache_usage = 1.7;
+        assert_eq!(kv_cache(&s), 0.0);
+        s.kv_cache_usage = f32::NAN;
+        assert_eq!(kv_cache(&s), 0.0);
+    }
+
+    #[test]
+    fn lora_levels() {
+        let s = EndpointState {
+            running_adapters: names(&["a", "b"]),
+            waiting_adapters: names(&["c"]),
+            max_lora: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(lora_affinity(&s, None), 1.0);
+        assert_eq!(lora_affinity(&s, Some("a")), 1.0);
+        assert_eq!(lora_affinity(&s, Some("z")), 0.8);
+        let full = EndpointState {
+            max_lora: Some(3),
+            ..s.clone()
+        };
+        assert_eq!(lora_affinity(&full, Some("c")), 0.6);
+        assert_eq!(lora_affinity(&full, Some("z")), 0.0);
+        let unknown = EndpointState {
+            max_lora: None,
+            ..s.clone()
+        };
+        assert_eq!(lora_affinity(&unknown, Some("z")), 0.0);
+        assert!(knows_adapter(&s, "c") && !knows_adapter(&s, "z"));
+    }
+
+    #[test]
+    fn prefix_fraction() {
+        assert_eq!(prefix(0, 0), 0.0);
+        assert_eq!(prefix(2, 4), 0.5);
+        assert_eq!(prefix(9, 4), 1.0);
+    }
+}

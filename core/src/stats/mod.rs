@@ -1,0 +1,57 @@
+//! Metric names with labels, in the form Envoy's `stats_tags` turn into Prometheus labels:
+//! `name;.;label=.=value;.;label2=.=value2`. The shipped `envoy/` config has one tag rule per label
+//! (`(;\.;pool=\.=(.+?))(?:;\.;|$)`), the same mechanism as Istio's `extraStatTags`.
+
+pub const REQUESTS_TOTAL: &str = "inference_router_requests_total";
+pub const PROMPT_TOKENS_TOTAL: &str = "inference_router_prompt_tokens_total";
+pub const COMPLETION_TOKENS_TOTAL: &str = "inference_router_completion_tokens_total";
+pub const ENDPOINT_PICKS_TOTAL: &str = "inference_router_endpoint_picks_total";
+pub const REQUEST_DURATION_MS: &str = "inference_router_request_duration_ms";
+pub const TIME_TO_FIRST_TOKEN_MS: &str = "inference_router_time_to_first_token_ms";
+pub const ENDPOINT_QUEUE_SIZE: &str = "inference_router_endpoint_queue_size";
+pub const ENDPOINT_RUNNING: &str = "inference_router_endpoint_running_requests";
+pub const ENDPOINT_KV_PERMILLE: &str = "inference_router_endpoint_kv_cache_usage_permille";
+pub const ENDPOINT_SCRAPE_ERRORS_TOTAL: &str = "inference_router_endpoint_scrape_errors_total";
+pub const ENDPOINT_UP: &str = "inference_router_endpoint_up";
+
+/// The labels every shipped `stats_tags` rule knows, in the order names carry them.
+pub const LABELS: [&str; 5] = ["pool", "model", "target_model", "endpoint", "outcome"];
+
+/// `name;.;k=.=v…`. Label values are cleaned of the separators (`;` and `=`), so a value can never
+/// open a label of its own.
+pub fn name_with_labels(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(name.len() + labels.len() * 24);
+    out.push_str(name);
+    for (k, v) in labels {
+        out.push_str(";.;");
+        out.push_str(k);
+        out.push_str("=.=");
+        out.extend(
+            v.chars()
+                .map(|c| if c == ';' || c == '=' { '_' } else { c }),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn labels_are_encoded_for_stats_tags() {
+        assert_eq!(
+            name_with_labels(
+                ENDPOINT_QUEUE_SIZE,
+                &[("pool", "p"), ("endpoint", "10.0.0.1:8000")]
+            ),
+            "inference_router_endpoint_queue_size;.;pool=.=p;.;endpoint=.=10.0.0.1:8000"
+        );
+        assert_eq!(
+            name_with_labels("m", &[("model", "a;.;b=.=c")]),
+            "m;.;model=.=a_._b_._c"
+        );
+    }
+}
