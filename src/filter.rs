@@ -6,6 +6,7 @@
 use crate::counters::{fingerprint, PoolCounters};
 use crate::host;
 use crate::pool_view::PoolView;
+use crate::prefix_share::{PrefixShare, SHARE_PERIOD};
 use crate::stats as host_stats;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -32,8 +33,11 @@ pub struct FilterState {
     counters: Vec<PoolCounters>,
     /// Per-pool view of the collector's published snapshot.
     views: Vec<PoolView>,
-    /// Per-pool prefix index (PREFIX_CACHE only), learned from this worker's own routing.
+    /// Per-pool prefix index (PREFIX_CACHE only), learned from this worker's own routing and,
+    /// through `shares`, from the other workers'.
     prefixes: Vec<RefCell<PrefixIndex>>,
+    shares: Vec<PrefixShare>,
+    last_share_ms: Cell<u64>,
     /// Per-pool, per-endpoint name of `inference_router_endpoint_picks_total`, built once.
     pick_stats: Vec<Vec<String>>,
 }
@@ -89,6 +93,16 @@ impl FilterState {
         } else {
             Vec::new()
         };
+        let worker = rng.next_u64();
+        let shares = if config.strategy.needs_prefix() {
+            config
+                .pools
+                .iter()
+                .map(|p| PrefixShare::new(&p.name, worker))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let pick_stats = config
             .pools
             .iter()
@@ -112,6 +126,26 @@ impl FilterState {
             counters,
             views,
             prefixes,
+            shares,
+            last_share_ms: Cell::new(0),
+        }
+    }
+
+    /// Whether this worker runs a prefix index that wants `share_prefixes` on a timer.
+    pub fn shares_prefixes(&self) -> bool {
+        !self.shares.is_empty()
+    }
+
+    /// Exchange prefix-index records with the other workers, at most once per `SHARE_PERIOD`.
+    pub fn share_prefixes(&self, now_ms: u64) {
+        if self.shares.is_empty()
+            || now_ms < self.last_share_ms.get() + SHARE_PERIOD.as_millis() as u64
+        {
+            return;
+        }
+        self.last_share_ms.set(now_ms);
+        for (share, index) in self.shares.iter().zip(&self.prefixes) {
+            share.sync(&mut index.borrow_mut());
         }
     }
 
@@ -372,7 +406,11 @@ impl InferenceFilter {
             .map(str::as_bytes)
             .or(fields.user.as_deref().map(str::as_bytes));
         let decision = decide_model(&state.config, &fields.model, session, state.random());
-        let prompt: &[u8] = &[];
+        // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
+        let prompt: &[u8] = match (&fields.prompt_span, state.config.strategy.needs_prefix()) {
+            (Some(span), true) => body.get(span.clone()).unwrap_or_default(),
+            _ => &[],
+        };
         let passthrough = matches!(decision, ModelDecision::Passthrough { .. });
         match &decision {
             ModelDecision::Configured { model, target } => {

@@ -10,6 +10,7 @@ mod filter;
 mod host;
 mod plugin;
 mod pool_view;
+mod prefix_share;
 mod stats;
 
 use proxy_wasm::traits::RootContext;

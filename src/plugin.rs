@@ -5,6 +5,7 @@
 use crate::collector::Collector;
 use crate::filter::{FilterState, InferenceFilter};
 use crate::host;
+use crate::prefix_share::SHARE_PERIOD;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use router_core::config::{CollectorMode, Config};
@@ -96,7 +97,15 @@ impl RootContext for Plugin {
             config.strategy,
             config.collector
         );
-        self.state = Some(Rc::new(FilterState::new(config, host::random_seed())));
+        let state = FilterState::new(config, host::random_seed());
+        if state.shares_prefixes() {
+            let period = self
+                .collector
+                .as_ref()
+                .map_or(SHARE_PERIOD, |c| c.tick_period().min(SHARE_PERIOD));
+            self.set_tick_period(period);
+        }
+        self.state = Some(Rc::new(state));
         true
     }
 
@@ -104,6 +113,9 @@ impl RootContext for Plugin {
         let now = host::now_ms();
         if let Some(c) = self.collector.as_mut() {
             c.on_tick(now);
+        }
+        if let Some(state) = &self.state {
+            state.share_prefixes(now);
         }
     }
 

@@ -300,6 +300,9 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
         })?,
     };
     let m = p.metrics;
+    let names: Vec<(String, String)> = m.names.into_iter().collect();
+    // Unknown override keys are refused here, so the filter role refuses them too.
+    crate::metrics::Dialect::new(engine, &names).map_err(|e| err(at("metrics.names"), e))?;
     let path = m.path.unwrap_or_else(|| "/metrics".to_string());
     if !path.starts_with('/') {
         return Err(err(at("metrics.path"), "must start with /"));
@@ -330,7 +333,7 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
             interval_ms,
             timeout_ms,
             staleness_ms,
-            names: m.names.into_iter().collect(),
+            names,
         },
     })
 }

@@ -148,6 +148,10 @@ fn each_error_names_its_field() {
         ),
         (r#"{"collector":{"mode":"sidecar"}}"#, "collector.mode"),
         (
+            r#"{"pools":[{"name":"p","metrics":{"names":{"queueLength":"x"}}}]}"#,
+            "pools[0].metrics.names",
+        ),
+        (
             r#"{"scheduling":{"scorers":{"queue":-1}}}"#,
             "scheduling.scorers.queue",
         ),

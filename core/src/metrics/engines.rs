@@ -10,6 +10,13 @@
 //! * KV-cache use: each series clamped to [0, 1] (NaN ignored). Taken from free/total blocks
 //!   when the dialect has them and the page gives a usable total (> 0), else from the usage
 //!   metric, else (vLLM v0) from `vllm:gpu_cache_usage_perc`.
+//! * LoRA (`vllm:lora_requests_info`): one series per adapter set that was ever current, its
+//!   value the Unix time it became current; the newest finite one per `engine` label value counts.
+//!   Adapters are the union over engines (names split on commas, blanks dropped), `max_lora` the
+//!   smallest. An adapter listed as running is not also reported as waiting. No series at all
+//!   (vLLM before the first LoRA request): no adapters, `max_lora` unknown.
+//! * Cache configuration: the first series with a usable `block_size` / `num_gpu_blocks`
+//!   (`"None"` and other non-numbers: unknown).
 //! * Missing waiting, running or KV use makes the scrape incomplete ([`Scrape::missing`]);
 //!   LoRA and cache configuration are optional.
 

@@ -24,6 +24,9 @@ pub struct RequestFields<'a> {
     pub stream: bool,
     /// Top-level `"user"` when it is a string.
     pub user: Option<Cow<'a, str>>,
+    /// Byte range of the top-level `"prompt"`, `"messages"` or `"input"` value (the last one seen),
+    /// as raw JSON text: what the prefix-cache scorer hashes.
+    pub prompt_span: Option<Range<usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +74,7 @@ enum Field {
     Model,
     Stream,
     User,
+    Prompt,
 }
 
 /// A string value's location: contents (no quotes) and whether it has escapes to decode.
@@ -99,6 +103,9 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
     let mut model = ModelSeen::Missing;
     let mut stream = false;
     let mut user: Option<StrAt> = None;
+    let mut prompt: Option<Range<usize>> = None;
+    // Start of a prompt value that is a container still open.
+    let mut prompt_start: Option<usize> = None;
 
     let mut i = skip_ws(body, 0);
     let mut need_value = true;
@@ -119,6 +126,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         Field::Model => model = ModelSeen::NotString,
                         Field::Stream => stream = false,
                         Field::User => user = None,
+                        Field::Prompt => prompt_start = Some(i),
                         Field::Other => {}
                     }
                     let is_object = b == b'{';
@@ -130,6 +138,11 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         depth -= 1;
                         i += 1;
                         need_value = false;
+                        if depth == 1 {
+                            if let Some(start) = prompt_start.take() {
+                                prompt = Some(start..i);
+                            }
+                        }
                     } else if is_object {
                         i = scan_key(body, i, depth, &mut pending)?;
                     }
@@ -146,12 +159,14 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         Field::Model => model = ModelSeen::Str(at),
                         Field::Stream => stream = false,
                         Field::User => user = Some(at),
+                        Field::Prompt => prompt = Some(i..end),
                         Field::Other => {}
                     }
                     i = end;
                 }
                 _ => {
                     let is_true = b == b't';
+                    let start = i;
                     i = match b {
                         b't' => literal(body, i, b"true")?,
                         b'f' => literal(body, i, b"false")?,
@@ -163,6 +178,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         Field::Model => model = ModelSeen::NotString,
                         Field::Stream => stream = is_true,
                         Field::User => user = None,
+                        Field::Prompt => prompt = Some(start..i),
                         Field::Other => {}
                     }
                 }
@@ -188,10 +204,20 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                 Some(b'}') if in_object => {
                     depth -= 1;
                     i += 1;
+                    if depth == 1 {
+                        if let Some(start) = prompt_start.take() {
+                            prompt = Some(start..i);
+                        }
+                    }
                 }
                 Some(b']') if !in_object => {
                     depth -= 1;
                     i += 1;
+                    if depth == 1 {
+                        if let Some(start) = prompt_start.take() {
+                            prompt = Some(start..i);
+                        }
+                    }
                 }
                 None => return Err(not_json(body.len(), EOF)),
                 Some(_) if in_object => return Err(not_json(i, "expected ',' or '}'")),
@@ -218,6 +244,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
         model_span: model_at.start - 1..model_at.end + 1,
         stream,
         user,
+        prompt_span: prompt,
     })
 }
 
@@ -317,6 +344,7 @@ fn field_of(key: &[u8]) -> Field {
         b"model" => Field::Model,
         b"stream" => Field::Stream,
         b"user" => Field::User,
+        b"prompt" | b"messages" | b"input" => Field::Prompt,
         _ => Field::Other,
     }
 }
@@ -515,6 +543,40 @@ fn decode<'a>(body: &'a [u8], at: &StrAt) -> Result<Cow<'a, str>, BodyError> {
         return Err(broken());
     }
     String::from_utf8(out).map(Cow::Owned).map_err(|_| broken())
+}
+
+#[cfg(test)]
+mod prompt_span_tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn span(body: &str) -> Option<&str> {
+        let f = scan_request(body.as_bytes()).unwrap();
+        f.prompt_span.map(|r| &body[r])
+    }
+
+    #[test]
+    fn prompt_messages_and_input_spans_are_the_raw_values() {
+        assert_eq!(
+            span(r#"{"model":"m","prompt":"hi \" x"}"#),
+            Some(r#""hi \" x""#)
+        );
+        assert_eq!(
+            span(r#"{"prompt":["a","b"],"model":"m"}"#),
+            Some(r#"["a","b"]"#)
+        );
+        let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi","model":"x"}],"n":1}"#;
+        assert_eq!(
+            span(chat),
+            Some(r#"[{"role":"user","content":"hi","model":"x"}]"#)
+        );
+        assert_eq!(span(r#"{"model":"m","input":[]}"#), Some("[]"));
+        assert_eq!(span(r#"{"model":"m","input":{}}"#), Some("{}"));
+        assert_eq!(span(r#"{"model":"m","prompt":null}"#), Some("null"));
+        assert_eq!(span(r#"{"model":"m","x":{"prompt":"nested"}}"#), None);
+        assert_eq!(span(r#"{"model":"m"}"#), None);
+    }
 }
 
 #[cfg(test)]

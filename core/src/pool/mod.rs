@@ -31,6 +31,7 @@ pub struct EndpointState {
 }
 
 mod collector;
+pub mod journal;
 mod snapshot;
 
 pub use collector::{CollectorState, Due, Lease};
