@@ -9,7 +9,9 @@ use crate::counters::{fingerprint, PoolCounters};
 use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
 use router_core::config::Config;
+use router_core::config::Discovery;
 use router_core::metrics::{parse_page, Dialect};
+use router_core::pool::discovery::members_from_admin;
 use router_core::pool::{self, CollectorState, Due, Lease};
 use router_core::stats;
 use std::collections::HashMap;
@@ -47,6 +49,25 @@ impl EndpointStats {
     }
 }
 
+/// A pool's member discovery through Envoy's admin `/clusters`.
+struct DiscoveryTarget {
+    config: Discovery,
+    next_due_ms: u64,
+    in_flight: bool,
+}
+
+/// What an outstanding HTTP call of the collector is for.
+enum Call {
+    /// A metrics scrape of the endpoint with this address (its index may move with discovery).
+    Scrape {
+        pool: usize,
+        endpoint: String,
+    },
+    Discovery {
+        pool: usize,
+    },
+}
+
 struct PoolTarget {
     cluster: String,
     path: String,
@@ -57,12 +78,25 @@ struct PoolTarget {
     counters: PoolCounters,
     name: String,
     stats: Vec<EndpointStats>,
+    discovery: Option<DiscoveryTarget>,
+}
+
+impl PoolTarget {
+    /// New members (discovery): counters and stat names follow the list.
+    fn set_endpoints(&mut self, endpoints: Vec<String>) {
+        self.counters = PoolCounters::new(&self.name, endpoints.len(), fingerprint(&endpoints));
+        self.stats = endpoints
+            .iter()
+            .map(|e| EndpointStats::new(&self.name, e))
+            .collect();
+        self.endpoints = endpoints;
+    }
 }
 
 pub struct Collector {
     pools: Vec<PoolTarget>,
     state: CollectorState,
-    calls: HashMap<u32, Due>,
+    calls: HashMap<u32, Call>,
     destination_header: String,
     /// Embedded mode: this worker's lease identity; None in service mode.
     lease_owner: Option<u64>,
@@ -92,6 +126,11 @@ impl Collector {
                     .iter()
                     .map(|e| EndpointStats::new(&p.name, e))
                     .collect(),
+                discovery: p.discovery.clone().map(|config| DiscoveryTarget {
+                    config,
+                    next_due_ms: 0,
+                    in_flight: false,
+                }),
             });
         }
         let min_interval = config
@@ -128,6 +167,9 @@ impl Collector {
             if !held {
                 return;
             }
+        }
+        for pool in 0..self.pools.len() {
+            self.start_discovery(pool, now_ms);
         }
         for due in self.state.due(now_ms) {
             self.start_scrape(due, now_ms);
@@ -179,7 +221,11 @@ impl Collector {
         ];
         match hostcalls::dispatch_http_call(&p.cluster, headers, None, vec![], p.timeout) {
             Ok(token) => {
-                self.calls.insert(token, due);
+                let call = Call::Scrape {
+                    pool: due.pool,
+                    endpoint: endpoint.clone(),
+                };
+                self.calls.insert(token, call);
             }
             Err(e) => {
                 log::warn!(
@@ -196,7 +242,7 @@ impl Collector {
         self.calls.contains_key(&token)
     }
 
-    /// A scrape's answer: `status` None means the call failed (reset, timeout).
+    /// A call's answer: `status` None means the call failed (reset, timeout).
     pub fn on_response(
         &mut self,
         token: u32,
@@ -204,8 +250,20 @@ impl Collector {
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) {
-        let Some(due) = self.calls.remove(&token) else {
-            return;
+        let due = match self.calls.remove(&token) {
+            None => return,
+            Some(Call::Discovery { pool }) => return self.on_discovery(pool, status, body, now_ms),
+            // Members may have changed while the scrape ran: find the endpoint by address.
+            Some(Call::Scrape { pool, endpoint }) => {
+                let Some(i) = self
+                    .pools
+                    .get(pool)
+                    .and_then(|p| p.endpoints.iter().position(|e| *e == endpoint))
+                else {
+                    return;
+                };
+                Due { pool, endpoint: i }
+            }
         };
         let Some(p) = self.pools.get(due.pool) else {
             return;
@@ -243,6 +301,70 @@ impl Collector {
         self.record_stats(due);
         if !self.state.busy(due.pool) {
             self.publish(due.pool);
+        }
+    }
+
+    /// Ask Envoy's admin for the members of a discovery pool, when due.
+    fn start_discovery(&mut self, pool: usize, now_ms: u64) {
+        let Some(d) = self.pools.get_mut(pool).and_then(|p| p.discovery.as_mut()) else {
+            return;
+        };
+        if d.in_flight || now_ms < d.next_due_ms {
+            return;
+        }
+        d.next_due_ms = now_ms + d.config.refresh_ms;
+        let headers = vec![
+            (":method", "GET"),
+            (":path", d.config.admin_path.as_str()),
+            (":authority", "envoy-admin"),
+        ];
+        let timeout = Duration::from_millis(d.config.refresh_ms.clamp(100, 5000));
+        match hostcalls::dispatch_http_call(&d.config.admin_cluster, headers, None, vec![], timeout)
+        {
+            Ok(token) => {
+                d.in_flight = true;
+                self.calls.insert(token, Call::Discovery { pool });
+            }
+            Err(e) => log::warn!(
+                "discovery via cluster {} not started: {e:?}",
+                d.config.admin_cluster
+            ),
+        }
+    }
+
+    fn on_discovery(
+        &mut self,
+        pool: usize,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        _now_ms: u64,
+    ) {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(d) = p.discovery.as_mut() else {
+            return;
+        };
+        d.in_flight = false;
+        let members = match (status, body) {
+            (Some(200), Some(json)) => members_from_admin(&json, &d.config.cluster, d.config.port),
+            (status, _) => Err(format!("admin answered {status:?}")),
+        };
+        match members {
+            Ok(members) => {
+                if self.state.set_endpoints(pool, &members) {
+                    log::info!(
+                        "pool {}: {} members discovered in cluster {}",
+                        p.name,
+                        members.len(),
+                        d.config.cluster
+                    );
+                    p.set_endpoints(members);
+                    self.publish(pool);
+                }
+            }
+            // Keep the last known members: a failed refresh must not empty the pool.
+            Err(e) => log::warn!("pool {}: discovery failed: {e}", p.name),
         }
     }
 

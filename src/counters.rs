@@ -15,6 +15,7 @@ pub struct Counts {
     pub picks: Vec<u32>,
 }
 
+#[derive(Clone)]
 pub struct PoolCounters {
     key: String,
     len: usize,

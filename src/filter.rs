@@ -3,9 +3,8 @@
 //! layer carries the decision out: rewrite the model bytes, set the routing headers, clear the
 //! route cache, or send the error reply. Responses pass through untouched, never buffered.
 
-use crate::counters::{fingerprint, PoolCounters};
 use crate::host;
-use crate::pool_view::PoolView;
+use crate::pool_view::{Members, PoolView};
 use crate::prefix_share::{PrefixShare, SHARE_PERIOD};
 use crate::stats as host_stats;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -29,8 +28,6 @@ pub struct FilterState {
     rng: RefCell<Rng>,
     /// Per-pool round-robin position of this worker.
     round_robin: Vec<Cell<u64>>,
-    /// Per-pool request counters shared across workers.
-    counters: Vec<PoolCounters>,
     /// Per-pool view of the collector's published snapshot.
     views: Vec<PoolView>,
     /// Per-pool prefix index (PREFIX_CACHE only), learned from this worker's own routing and,
@@ -38,14 +35,15 @@ pub struct FilterState {
     prefixes: Vec<RefCell<PrefixIndex>>,
     shares: Vec<PrefixShare>,
     last_share_ms: Cell<u64>,
-    /// Per-pool, per-endpoint name of `inference_router_endpoint_picks_total`, built once.
-    pick_stats: Vec<Vec<String>>,
+    /// Per-pool member-list generation the prefix index was last synced to (discovery).
+    prefix_generation: Vec<Cell<u64>>,
 }
 
 /// How an endpoint was chosen, or why none was.
 pub enum Pick {
-    /// Endpoint index; `counted`: in the shared in-flight count, to release at the end.
+    /// Endpoint `index` of `members`; `counted`: in the shared in-flight count, to release at the end.
     Endpoint {
+        members: Rc<Members>,
         index: usize,
         counted: bool,
         fail_open: bool,
@@ -71,16 +69,7 @@ impl FilterState {
             // Workers start at different places so the first requests of each do not collide.
             .map(|p| Cell::new(rng.below(p.endpoints.len().max(1)) as u64))
             .collect();
-        let counters = config
-            .pools
-            .iter()
-            .map(|p| PoolCounters::new(&p.name, p.endpoints.len(), fingerprint(&p.endpoints)))
-            .collect();
-        let views = config
-            .pools
-            .iter()
-            .map(|p| PoolView::new(&p.name, p.endpoints.len()))
-            .collect();
+        let views = config.pools.iter().map(PoolView::new).collect();
         let prefixes = if config.strategy.needs_prefix() {
             config
                 .pools
@@ -103,27 +92,12 @@ impl FilterState {
         } else {
             Vec::new()
         };
-        let pick_stats = config
-            .pools
-            .iter()
-            .map(|p| {
-                p.endpoints
-                    .iter()
-                    .map(|e| {
-                        stats::name_with_labels(
-                            stats::ENDPOINT_PICKS_TOTAL,
-                            &[("pool", &p.name), ("endpoint", e)],
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
+        let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
         FilterState {
-            pick_stats,
+            prefix_generation,
             config,
             rng: RefCell::new(rng),
             round_robin,
-            counters,
             views,
             prefixes,
             shares,
@@ -155,22 +129,23 @@ impl FilterState {
 
     /// Pick an endpoint of `pool` by the configured strategy.
     fn pick_endpoint(&self, pool: usize, facts: &RequestFacts) -> Pick {
-        let Some(p) = self.config.pools.get(pool) else {
+        let (Some(p), Some(view)) = (self.config.pools.get(pool), self.views.get(pool)) else {
             return Pick::Unavailable;
         };
-        let n = p.endpoints.len();
+        let members = view.members(self.config.strategy.needs_metrics());
+        let n = members.endpoints.len();
         let mut rng = self.rng.borrow_mut();
-        let uncounted = |i: Option<usize>| match i {
-            Some(index) => Pick::Endpoint {
+        let result = |members: &Rc<Members>, r: Result<(usize, bool), Pick>, counted: bool| match r
+        {
+            Ok((index, fail_open)) => Pick::Endpoint {
+                members: Rc::clone(members),
                 index,
-                counted: false,
-                fail_open: false,
+                counted,
+                fail_open,
             },
-            None => Pick::Unavailable,
+            Err(p) => p,
         };
-        let Some(counters) = self.counters.get(pool) else {
-            return Pick::Unavailable;
-        };
+        let counters = &members.counters;
         match self.config.strategy {
             Strategy::RoundRobin => {
                 let Some(cell) = self.round_robin.get(pool) else {
@@ -179,17 +154,31 @@ impl FilterState {
                 let mut c = cell.get();
                 let i = scheduling::round_robin(n, &mut c);
                 cell.set(c);
-                uncounted(i)
+                result(
+                    &members,
+                    i.map(|i| (i, false)).ok_or(Pick::Unavailable),
+                    false,
+                )
             }
-            Strategy::Random => uncounted(scheduling::random(n, &mut rng)),
-            Strategy::LeastRequest => counted(counters.pick_and_count(|c| {
-                scheduling::least_request(&c.in_flight, &mut rng)
-                    .map(|i| (i, false))
-                    .ok_or(Pick::Unavailable)
-            })),
+            Strategy::Random => {
+                let i = scheduling::random(n, &mut rng);
+                result(
+                    &members,
+                    i.map(|i| (i, false)).ok_or(Pick::Unavailable),
+                    false,
+                )
+            }
+            Strategy::LeastRequest => {
+                let r = counters.pick_and_count(|c| {
+                    scheduling::least_request(&c.in_flight, &mut rng)
+                        .map(|i| (i, false))
+                        .ok_or(Pick::Unavailable)
+                });
+                result(&members, r, true)
+            }
             Strategy::Default | Strategy::PrefixCache => {
-                let states = self.views.get(pool).map(|v| v.states(&p.endpoints));
-                let states = states.as_deref().map(Vec::as_slice).unwrap_or_default();
+                let states = &members.states;
+                self.sync_prefix_members(pool, &members);
                 let prefix = self.prefixes.get(pool).map(RefCell::borrow);
                 let mut hashes = Vec::new();
                 if prefix.is_some() {
@@ -241,20 +230,22 @@ impl FilterState {
                 if let (Ok((index, _)), Some(cell)) = (&picked, self.prefixes.get(pool)) {
                     cell.borrow_mut().record(*index, &hashes);
                 }
-                counted(picked)
+                result(&members, picked, true)
             }
         }
     }
-}
 
-fn counted(r: Result<(usize, bool), Pick>) -> Pick {
-    match r {
-        Ok((index, fail_open)) => Pick::Endpoint {
-            index,
-            counted: true,
-            fail_open,
-        },
-        Err(p) => p,
+    /// A discovered pool's members changed: the prefix index follows them by address.
+    fn sync_prefix_members(&self, pool: usize, members: &Members) {
+        let (Some(cell), Some(seen)) = (self.prefixes.get(pool), self.prefix_generation.get(pool))
+        else {
+            return;
+        };
+        if seen.get() != members.generation {
+            let ids: Vec<u64> = members.endpoints.iter().map(|e| endpoint_id(e)).collect();
+            cell.borrow_mut().sync_endpoints(&ids);
+            seen.set(members.generation);
+        }
     }
 }
 
@@ -270,8 +261,8 @@ pub struct InferenceFilter {
     stage: Stage,
     had_content_length: bool,
     session: Option<String>,
-    /// (pool, endpoint) counted in flight, released in `on_log`.
-    counted: Option<(usize, usize)>,
+    /// The members and endpoint counted in flight, released in `on_log`.
+    counted: Option<(Rc<Members>, usize)>,
     /// The pick was made without fresh metrics.
     fail_open: bool,
     /// Bounded label values of this request's stats, filled in as the decision is made.
@@ -350,26 +341,27 @@ impl InferenceFilter {
         };
         match state.pick_endpoint(pool, facts) {
             Pick::Endpoint {
+                members,
                 index,
                 counted,
                 fail_open,
             } => {
-                if counted {
-                    self.counted = Some((pool, index));
-                }
                 if fail_open {
                     log::debug!("pool {}: no fresh metrics, failing open", p.name);
                     self.fail_open = true;
                 }
-                if let Some(name) = state.pick_stats.get(pool).and_then(|v| v.get(index)) {
+                if let Some(name) = members.pick_stats.get(index) {
                     host_stats::increment(name, 1);
                 }
-                let endpoint = p
+                let endpoint = members
                     .endpoints
                     .get(index)
                     .map(String::as_str)
                     .unwrap_or_default();
                 self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+                if counted {
+                    self.counted = Some((members, index));
+                }
                 Ok(())
             }
             Pick::Shed => {
@@ -535,10 +527,8 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_log(&mut self) {
-        if let Some((pool, i)) = self.counted.take() {
-            if let Some(counters) = self.state.counters.get(pool) {
-                counters.release(i);
-            }
+        if let Some((members, i)) = self.counted.take() {
+            members.counters.release(i);
         }
     }
 }

@@ -1,63 +1,154 @@
-//! A worker's view of each pool's published snapshot. The filter checks the small version key per
-//! request and decodes the snapshot only when the collector has published a new one.
+//! A worker's view of each pool: its members, their last published states, the shared request
+//! counters and the stat names that go with them. The filter checks the collector's small version
+//! key per request (only when it needs metrics or discovered members) and rebuilds this view only
+//! when a new snapshot was published, never per request.
 
 use crate::collector::{snapshot_key, version_key};
+use crate::counters::{fingerprint, PoolCounters};
 use proxy_wasm::hostcalls;
+use router_core::config::Pool;
 use router_core::pool::{self, EndpointState};
+use router_core::stats;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// Endpoint states in the order of the configured endpoint list; None = never published.
-pub type States = Rc<Vec<Option<EndpointState>>>;
+pub struct Members {
+    /// `ip:port` of each member, in the order the states and counters use.
+    pub endpoints: Vec<String>,
+    /// The last published state of each member; None = never scraped.
+    pub states: Vec<Option<EndpointState>>,
+    pub counters: PoolCounters,
+    /// `inference_router_endpoint_picks_total` name per member.
+    pub pick_stats: Vec<String>,
+    /// Bumped whenever the member list itself changes.
+    pub generation: u64,
+}
+
+impl Members {
+    fn new(
+        pool: &str,
+        endpoints: Vec<String>,
+        states: Vec<Option<EndpointState>>,
+        generation: u64,
+    ) -> Members {
+        Members {
+            counters: PoolCounters::new(pool, endpoints.len(), fingerprint(&endpoints)),
+            pick_stats: endpoints
+                .iter()
+                .map(|e| {
+                    stats::name_with_labels(
+                        stats::ENDPOINT_PICKS_TOTAL,
+                        &[("pool", pool), ("endpoint", e)],
+                    )
+                })
+                .collect(),
+            endpoints,
+            states,
+            generation,
+        }
+    }
+}
 
 pub struct PoolView {
+    name: String,
+    /// Members come from the snapshot (discovery) rather than the configuration.
+    discovered: bool,
     snapshot_key: String,
     version_key: String,
     version: Cell<Option<u64>>,
-    states: RefCell<States>,
+    members: RefCell<Rc<Members>>,
 }
 
 impl PoolView {
-    pub fn new(pool: &str, endpoints: usize) -> PoolView {
+    pub fn new(pool: &Pool) -> PoolView {
+        let states = vec![None; pool.endpoints.len()];
         PoolView {
-            snapshot_key: snapshot_key(pool),
-            version_key: version_key(pool),
+            name: pool.name.clone(),
+            discovered: pool.discovery.is_some(),
+            snapshot_key: snapshot_key(&pool.name),
+            version_key: version_key(&pool.name),
             version: Cell::new(None),
-            states: RefCell::new(Rc::new(vec![None; endpoints])),
+            members: RefCell::new(Rc::new(Members::new(
+                &pool.name,
+                pool.endpoints.clone(),
+                states,
+                0,
+            ))),
         }
     }
 
-    /// The current states, refreshed if the collector published since the last call.
-    pub fn states(&self, endpoints: &[String]) -> States {
-        let published = hostcalls::get_shared_data(&self.version_key)
-            .ok()
-            .and_then(|(b, _)| b)
-            .and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)));
-        if published.is_some() && published != self.version.get() {
-            self.refresh(endpoints);
+    /// The current members. With `metrics` (or for a discovered pool) the published snapshot is
+    /// checked first and decoded if the collector has published since the last call.
+    pub fn members(&self, metrics: bool) -> Rc<Members> {
+        if metrics || self.discovered {
+            let published = hostcalls::get_shared_data(&self.version_key)
+                .ok()
+                .and_then(|(b, _)| b)
+                .and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)));
+            if published.is_some() && published != self.version.get() {
+                self.refresh();
+            }
         }
-        Rc::clone(&self.states.borrow())
+        Rc::clone(&self.members.borrow())
     }
 
-    fn refresh(&self, endpoints: &[String]) {
+    fn refresh(&self) {
         let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.snapshot_key) else {
             return;
         };
-        match pool::decode(&bytes) {
-            Ok(snapshot) => {
-                // Match by address: the collector may list endpoints in another order or set.
-                let mut states = vec![None; endpoints.len()];
-                for (addr, state) in snapshot.endpoints {
-                    if let Some(i) = endpoints.iter().position(|e| *e == addr) {
-                        if let Some(slot) = states.get_mut(i) {
-                            *slot = Some(state);
-                        }
+        let snapshot = match pool::decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("snapshot {} unreadable: {e:?}", self.snapshot_key);
+                return;
+            }
+        };
+        self.version.set(Some(snapshot.version));
+        let current = Rc::clone(&self.members.borrow());
+        let same_list = current.endpoints.len() == snapshot.endpoints.len()
+            && current
+                .endpoints
+                .iter()
+                .zip(&snapshot.endpoints)
+                .all(|(a, (b, _))| a == b);
+        let next = if same_list {
+            // The common case: same members in the same order, only their states are new.
+            Members {
+                states: snapshot
+                    .endpoints
+                    .into_iter()
+                    .map(|(_, s)| Some(s))
+                    .collect(),
+                endpoints: current.endpoints.clone(),
+                counters: current.counters.clone(),
+                pick_stats: current.pick_stats.clone(),
+                generation: current.generation,
+            }
+        } else if self.discovered {
+            let (endpoints, states): (Vec<String>, Vec<Option<EndpointState>>) = snapshot
+                .endpoints
+                .into_iter()
+                .map(|(a, s)| (a, Some(s)))
+                .unzip();
+            Members::new(&self.name, endpoints, states, current.generation + 1)
+        } else {
+            // Configured members, published in another order or subset: match by address.
+            let mut states = vec![None; current.endpoints.len()];
+            for (addr, state) in snapshot.endpoints {
+                if let Some(i) = current.endpoints.iter().position(|e| *e == addr) {
+                    if let Some(slot) = states.get_mut(i) {
+                        *slot = Some(state);
                     }
                 }
-                self.version.set(Some(snapshot.version));
-                *self.states.borrow_mut() = Rc::new(states);
             }
-            Err(e) => log::warn!("snapshot {} unreadable: {e:?}", self.snapshot_key),
-        }
+            Members {
+                states,
+                endpoints: current.endpoints.clone(),
+                counters: current.counters.clone(),
+                pick_stats: current.pick_stats.clone(),
+                generation: current.generation,
+            }
+        };
+        *self.members.borrow_mut() = Rc::new(next);
     }
 }

@@ -47,6 +47,10 @@ pub struct EnvoySpec {
     pub plain_listener: bool,
     /// Run the metrics collector as a singleton bootstrap service (collector mode "service").
     pub collector_service: bool,
+    /// More clusters, as Envoy JSON (e.g. an EDS cluster and an admin cluster for discovery).
+    pub extra_clusters: Vec<Value>,
+    /// A fixed admin address (default: 127.0.0.1 on a port the kernel picks).
+    pub admin_address: Option<SocketAddr>,
     pub wasm: PathBuf,
 }
 
@@ -100,6 +104,8 @@ impl EnvoySpec {
             passthrough: Vec::new(),
             plain_listener: false,
             collector_service: false,
+            extra_clusters: Vec::new(),
+            admin_address: None,
             wasm: wasm_module(),
         }
     }
@@ -163,8 +169,15 @@ impl EnvoySpec {
             .map(|name| original_dst_cluster(name, &self.destination_header))
             .collect();
         clusters.push(static_cluster("passthrough", &self.passthrough));
+        clusters.extend(self.extra_clusters.iter().cloned());
+        let admin = match self.admin_address {
+            Some(a) => socket(&a.ip().to_string(), a.port()),
+            None => socket("127.0.0.1", 0),
+        };
         let mut bootstrap = json!({
-            "admin": {"address": socket("127.0.0.1", 0)},
+            "admin": {"address": admin},
+            // xDS sources (the file-based EDS of the discovery test) need a node identity.
+            "node": {"id": "inference-router-test", "cluster": "wasm-tests"},
             "stats_flush_interval": "1s",
             "stats_config": {"stats_tags": stats_tags()},
             "static_resources": {"listeners": listeners, "clusters": clusters},
@@ -307,7 +320,7 @@ fn original_dst_cluster(name: &str, destination_header: &str) -> Value {
     })
 }
 
-fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
+pub fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
     let lb_endpoints: Vec<Value> = endpoints
         .iter()
         .map(|a| json!({"endpoint": {"address": socket(&a.ip().to_string(), a.port())}}))

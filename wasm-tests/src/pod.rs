@@ -3,6 +3,7 @@
 //! body bytes) and can hold its responses until the test releases them, which is how streaming
 //! incrementality and least-request are tested without sleeps.
 
+use crate::sim::{MetricsFail, Pin, PinnedMetrics, SimConfig};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use futures_util::future::select_all;
@@ -99,10 +100,22 @@ impl Recorded {
     }
 }
 
+/// What `GET /metrics` serves.
+enum MetricsSource {
+    /// The fixture's idle page.
+    Fixture,
+    /// Exactly these bytes.
+    Page(Bytes),
+    /// The simulator's page with pinned state (see [`Pod::pin`]).
+    Pinned(Box<PinnedMetrics>),
+}
+
 struct Shared {
     addr: SocketAddr,
     options: PodOptions,
     metrics_page: Bytes,
+    metrics: Mutex<MetricsSource>,
+    metrics_fail: watch::Sender<MetricsFail>,
     log: Mutex<Vec<Recorded>>,
     /// Number of requests received so far.
     received: watch::Sender<usize>,
@@ -141,6 +154,8 @@ impl Pod {
             addr,
             options,
             metrics_page,
+            metrics: Mutex::new(MetricsSource::Fixture),
+            metrics_fail: watch::channel(MetricsFail::Ok).0,
             log: Mutex::new(Vec::new()),
             received: watch::channel(0).0,
             held: watch::channel(0).0,
@@ -202,6 +217,39 @@ impl Pod {
         self.release();
     }
 
+    /// Serve `page` byte for byte at `/metrics` (`None`: back to the fixture's idle page).
+    pub fn set_metrics_page(&self, page: Option<Bytes>) {
+        *lock(&self.shared.metrics) = page.map_or(MetricsSource::Fixture, MetricsSource::Page);
+    }
+
+    /// Serve the simulator's vLLM page at `/metrics` with the pinned queue, running count, KV
+    /// usage and LoRA sets (unpinned fields idle). Each pin with adapters makes a new current
+    /// `vllm:lora_requests_info` series; earlier ones stay, as in vLLM.
+    pub fn pin(&self, pin: &Pin) {
+        let mut source = lock(&self.shared.metrics);
+        if !matches!(*source, MetricsSource::Pinned(_)) {
+            let config = SimConfig {
+                base_model: self.shared.options.base_model.clone(),
+                adapters: self.shared.options.adapters.clone(),
+                ..SimConfig::default()
+            };
+            *source = MetricsSource::Pinned(Box::new(PinnedMetrics::new(config)));
+        }
+        if let MetricsSource::Pinned(pinned) = &mut *source {
+            pinned.pin(pin);
+        }
+    }
+
+    /// Back to the fixture's idle page.
+    pub fn unpin(&self) {
+        self.set_metrics_page(None);
+    }
+
+    /// Make `/metrics` answer normally, 500, or not at all until the mode changes.
+    pub fn set_metrics_fail(&self, mode: MetricsFail) {
+        self.shared.metrics_fail.send_replace(mode);
+    }
+
     /// Wait until this pod has received `n` requests in total.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> Result<()> {
         wait_sum(std::slice::from_ref(self), |s| &s.received, n, timeout).await
@@ -213,6 +261,7 @@ impl Drop for Pod {
         // Held handlers belong to the aborted connection tasks; releasing first lets any that
         // outlive the abort (mid-poll on another worker) finish instead of waiting forever.
         self.release_all();
+        self.set_metrics_fail(MetricsFail::Ok);
         self.server.abort();
     }
 }
@@ -321,12 +370,18 @@ async fn handle(
         body,
     };
     let reply = respond(&shared, &recorded);
+    let is_metrics = recorded.method == Method::GET && recorded.path() == "/metrics";
     // Read the hold mode and the release generation on arrival, before the test can see the
     // request: a release issued after it has been counted always lets it go.
     let hold = *lock(&shared.hold);
     let generation = *shared.gate.borrow();
     lock(&shared.log).push(recorded);
     shared.received.send_modify(|n| *n += 1);
+    let reply = if is_metrics {
+        metrics_failure(&shared).await.unwrap_or(reply)
+    } else {
+        reply
+    };
 
     let response = match (hold, reply) {
         (Hold::Off, reply) => build(&shared, reply, None),
@@ -339,6 +394,29 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// The reply a failing `/metrics` gives (after waiting out a hang), or `None` to answer normally.
+async fn metrics_failure(shared: &Shared) -> Option<Reply> {
+    let mut mode = shared.metrics_fail.subscribe();
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            MetricsFail::Ok => return None,
+            MetricsFail::Status500 => {
+                return Some(Reply::Whole(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    Bytes::from_static(b"Internal Server Error"),
+                ))
+            }
+            MetricsFail::Hang => {
+                if mode.changed().await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 async fn wait_release(shared: &Shared, generation: u64) {
@@ -395,7 +473,11 @@ fn respond(shared: &Shared, req: &Recorded) -> Reply {
         (&Method::GET, "/metrics") => Reply::Whole(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics_page.clone(),
+            match &*lock(&shared.metrics) {
+                MetricsSource::Fixture => shared.metrics_page.clone(),
+                MetricsSource::Page(page) => page.clone(),
+                MetricsSource::Pinned(pinned) => Bytes::from(pinned.render()),
+            },
         ),
         (&Method::GET, "/v1/models") => json_reply(StatusCode::OK, &models_page(&shared.options)),
         (

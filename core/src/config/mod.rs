@@ -95,13 +95,28 @@ pub struct MetricsSettings {
     pub names: Vec<(String, String)>,
 }
 
+/// Where a pool's members come from when they are not listed: an Envoy cluster's membership,
+/// read from Envoy's admin `/clusters?format=json` through `admin_cluster` (a cluster pointing at
+/// the admin address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub cluster: String,
+    pub admin_cluster: String,
+    pub admin_path: String,
+    pub refresh_ms: u64,
+    /// Serving port of the members when it differs from the cluster's.
+    pub port: Option<u16>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
     /// Envoy cluster the pool's endpoints are reached through.
     pub cluster: String,
-    /// `ip:port` as Envoy's ORIGINAL_DST header expects it.
+    /// `ip:port` as Envoy's ORIGINAL_DST header expects it. Empty with `discovery`: the members
+    /// then come from the collector's snapshot.
     pub endpoints: Vec<String>,
+    pub discovery: Option<Discovery>,
     pub engine: Engine,
     pub metrics: MetricsSettings,
 }
@@ -271,12 +286,40 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
     if p.name.is_empty() {
         return Err(err(at("name"), "must not be empty"));
     }
-    if p.discovery.is_some() {
-        return Err(err(
-            at("discovery"),
-            "not supported yet; list the pool's endpoints in `endpoints`",
-        ));
-    }
+    let discovery = match p.discovery {
+        None => None,
+        Some(d) => {
+            if !p.endpoints.is_empty() {
+                return Err(err(
+                    at("discovery"),
+                    "give either `endpoints` or `discovery`, not both",
+                ));
+            }
+            if d.cluster.is_empty() {
+                return Err(err(at("discovery.cluster"), "must not be empty"));
+            }
+            let admin_path = d
+                .admin_path
+                .unwrap_or_else(|| "/clusters?format=json".to_string());
+            if !admin_path.starts_with('/') {
+                return Err(err(at("discovery.adminPath"), "must start with /"));
+            }
+            let refresh_ms = d.refresh_ms.unwrap_or(5000);
+            if refresh_ms == 0 {
+                return Err(err(at("discovery.refreshMs"), "must be greater than 0"));
+            }
+            if d.port == Some(0) {
+                return Err(err(at("discovery.port"), "must be 1..65535"));
+            }
+            Some(Discovery {
+                cluster: d.cluster,
+                admin_cluster: d.admin_cluster.unwrap_or_else(|| "envoy-admin".to_string()),
+                admin_path,
+                refresh_ms,
+                port: d.port,
+            })
+        }
+    };
     let mut endpoints: Vec<String> = Vec::with_capacity(p.endpoints.len());
     for (j, e) in p.endpoints.iter().enumerate() {
         let addr = parse_endpoint(e).map_err(|m| err(format!("pools[{i}].endpoints[{j}]"), m))?;
@@ -326,6 +369,7 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
         cluster: p.cluster.unwrap_or_else(|| p.name.clone()),
         name: p.name,
         endpoints,
+        discovery,
         engine,
         metrics: MetricsSettings {
             path,

@@ -34,7 +34,17 @@ pub struct RawPool {
     pub cluster: Option<String>,
     #[serde(default)]
     pub metrics: RawMetrics,
-    pub discovery: Option<serde_json::Value>,
+    pub discovery: Option<RawDiscovery>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub cluster: String,
+    pub admin_cluster: Option<String>,
+    pub admin_path: Option<String>,
+    pub refresh_ms: Option<u64>,
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -174,6 +174,18 @@ fn each_error_names_its_field() {
 }
 
 #[test]
+fn discovery_defaults() {
+    let c =
+        Config::parse(br#"{"pools":[{"name":"p","discovery":{"cluster":"vllm-eds"}}]}"#).unwrap();
+    let d = c.pools[0].discovery.as_ref().unwrap();
+    assert_eq!(d.cluster, "vllm-eds");
+    assert_eq!(d.admin_cluster, "envoy-admin");
+    assert_eq!(d.admin_path, "/clusters?format=json");
+    assert_eq!(d.refresh_ms, 5000);
+    assert!(c.pools[0].endpoints.is_empty());
+}
+
+#[test]
 fn default_and_prefix_cache_are_accepted() {
     for (doc, strategy) in [
         (

@@ -73,6 +73,54 @@ impl CollectorState {
         }
     }
 
+    /// Replace `pool`'s members (discovery). Endpoints that stay keep their state and schedule;
+    /// new ones are due at once. Returns whether the membership changed.
+    pub fn set_endpoints(&mut self, pool: usize, endpoints: &[String]) -> bool {
+        let Some(p) = self.pools.get_mut(pool) else {
+            return false;
+        };
+        let same = p.snapshot.endpoints.len() == endpoints.len()
+            && p.snapshot
+                .endpoints
+                .iter()
+                .zip(endpoints)
+                .all(|((a, _), b)| a == b);
+        if same {
+            return false;
+        }
+        let mut slots = Vec::with_capacity(endpoints.len());
+        let mut states = Vec::with_capacity(endpoints.len());
+        for addr in endpoints {
+            let old = p.snapshot.endpoints.iter().position(|(a, _)| a == addr);
+            match old {
+                Some(i) => {
+                    slots.push(p.slots.get(i).cloned().unwrap_or(Slot {
+                        in_flight: false,
+                        next_due_ms: 0,
+                    }));
+                    states.push(
+                        p.snapshot
+                            .endpoints
+                            .get(i)
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or_default(),
+                    );
+                }
+                None => {
+                    slots.push(Slot {
+                        in_flight: false,
+                        next_due_ms: 0,
+                    });
+                    states.push(EndpointState::default());
+                }
+            }
+        }
+        p.slots = slots;
+        p.snapshot.endpoints = endpoints.iter().cloned().zip(states).collect();
+        p.dirty = true;
+        true
+    }
+
     /// Scrapes to start now; each is marked in flight until `succeeded` or `failed` is called.
     pub fn due(&mut self, now_ms: u64) -> Vec<Due> {
         let mut out = Vec::new();
@@ -275,6 +323,48 @@ mod tests {
         assert_eq!(
             crate::pool::decode(&bytes).unwrap().endpoints[0].1.running,
             9
+        );
+    }
+
+    #[test]
+    fn discovered_members_keep_their_state_and_new_ones_are_due() {
+        let mut c = CollectorState::new(&config());
+        c.due(0);
+        c.succeeded(
+            Due {
+                pool: 0,
+                endpoint: 1,
+            },
+            EndpointState {
+                waiting: 7,
+                ..Default::default()
+            },
+            5,
+            0,
+        );
+        let members = vec!["127.0.0.12:8000".to_string(), "127.0.0.13:8000".to_string()];
+        assert!(c.set_endpoints(0, &members));
+        assert!(!c.set_endpoints(0, &members));
+        let s = c.snapshot(0).unwrap();
+        assert_eq!(
+            s.endpoints[0],
+            (
+                "127.0.0.12:8000".to_string(),
+                EndpointState {
+                    waiting: 7,
+                    last_scrape_ms: 5,
+                    ..Default::default()
+                }
+            )
+        );
+        assert_eq!(s.endpoints[1].1, EndpointState::default());
+        // The new member is due now; the kept one is on its old schedule.
+        assert_eq!(
+            c.due(10),
+            vec![Due {
+                pool: 0,
+                endpoint: 1
+            }]
         );
     }
 

@@ -43,7 +43,7 @@ pub fn append(journal: &[u8], worker: u64, payload: &[u8], cap: usize) -> Vec<u8
 
 /// Entries of other workers with a sequence number ≥ `from_seq`, and the sequence to read from
 /// next time.
-pub fn unseen<'a>(journal: &'a [u8], me: u64, from_seq: u64) -> (Vec<&'a [u8]>, u64) {
+pub fn unseen(journal: &[u8], me: u64, from_seq: u64) -> (Vec<&[u8]>, u64) {
     let next = read_u64(journal, 0).unwrap_or(0);
     let payloads = spans(journal)
         .filter_map(|(start, end)| {

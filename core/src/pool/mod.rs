@@ -31,6 +31,7 @@ pub struct EndpointState {
 }
 
 mod collector;
+pub mod discovery;
 pub mod journal;
 mod snapshot;
 

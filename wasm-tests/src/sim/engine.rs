@@ -25,6 +25,7 @@ use super::metrics::{Gauges, LoraSet, Recorded};
 use super::{Pin, SimConfig, SimStats};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a request's HTTP handler hears from the engine.
@@ -221,7 +222,7 @@ pub(crate) struct Step {
 
 /// The engine's state; one per simulated pod, behind the pod's lock.
 pub(crate) struct Engine {
-    cfg: SimConfig,
+    cfg: Arc<SimConfig>,
     waiting: VecDeque<Req>,
     running: Vec<Req>,
     pool: BlockPool,
@@ -243,8 +244,8 @@ impl Engine {
             ..SimStats::default()
         };
         Engine {
-            pool: BlockPool::new(usable as u32),
-            cfg,
+            pool: BlockPool::new(usable),
+            cfg: Arc::new(cfg),
             waiting: VecDeque::new(),
             running: Vec::new(),
             resident: Vec::new(),
@@ -307,19 +308,16 @@ impl Engine {
     }
 
     pub(crate) fn set_pin(&mut self, pin: Option<Pin>) {
-        match &pin {
-            Some(p) => {
-                if let Some(set) = p.lora_set(self.cfg.max_loras) {
-                    self.lora.stamp(set);
-                }
-            }
-            None => {
+        let was_pinned = self.pin.as_ref().is_some_and(Pin::pins_lora);
+        match pin.as_ref().and_then(|p| p.lora_set(self.cfg.max_loras)) {
+            Some(set) => self.lora.stamp(set),
+            None if was_pinned => {
                 // The live set becomes current again, newer than anything pinned.
-                if self.lora_started {
-                    let set = self.live_lora_set();
-                    self.lora.stamp(set);
-                }
+                self.lora_started = true;
+                let set = self.live_lora_set();
+                self.lora.stamp(set);
             }
+            None => {}
         }
         self.pin = pin;
     }
@@ -394,7 +392,7 @@ impl Engine {
     /// Decide the next step at simulated time `now`. `None`: nothing to do.
     pub(crate) fn schedule(&mut self, now: f64) -> Option<Step> {
         self.reap_aborted();
-        let cfg = self.cfg.clone();
+        let cfg = Arc::clone(&self.cfg);
         let mut budget = cfg.max_num_batched_tokens.max(1);
         let mut items: Vec<(usize, u32)> = Vec::new();
         let mut prefill_tokens = 0u32;

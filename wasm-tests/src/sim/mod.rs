@@ -178,9 +178,11 @@ impl SimConfig {
         if !self.adapters.is_empty() && self.max_loras == 0 {
             bail!("max_loras must be ≥ 1 when adapters are served");
         }
-        if !(self.prefill_tokens_per_s > 0.0 && self.base_itl_s >= 0.0 && self.itl_growth >= 0.0)
-            || !(self.lora_load_s >= 0.0)
-        {
+        let rates_ok = self.prefill_tokens_per_s > 0.0
+            && self.base_itl_s >= 0.0
+            && self.itl_growth >= 0.0
+            && self.lora_load_s >= 0.0;
+        if !rates_ok {
             bail!("rates must be > 0 and times ≥ 0");
         }
         let mut names = self.adapters.clone();
