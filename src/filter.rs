@@ -18,6 +18,7 @@ use router_core::scheduling::{
 };
 use router_core::stats;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
@@ -37,6 +38,9 @@ pub struct FilterState {
     last_share_ms: Cell<u64>,
     /// Per-pool member-list generation the prefix index was last synced to (discovery).
     prefix_generation: Vec<Cell<u64>>,
+    /// Metric ids of `inference_router_requests_total` per label set, so a request never builds
+    /// a metric name once its label set has been seen.
+    request_metrics: RefCell<HashMap<(Labels, &'static str), Option<u32>>>,
 }
 
 /// How an endpoint was chosen, or why none was.
@@ -95,6 +99,7 @@ impl FilterState {
         let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
         FilterState {
             prefix_generation,
+            request_metrics: RefCell::new(HashMap::new()),
             config,
             rng: RefCell::new(rng),
             round_robin,
@@ -102,6 +107,36 @@ impl FilterState {
             prefixes,
             shares,
             last_share_ms: Cell::new(0),
+        }
+    }
+
+    fn count_request(&self, labels: Labels, outcome: &'static str) {
+        let mut ids = self.request_metrics.borrow_mut();
+        let id = *ids.entry((labels, outcome)).or_insert_with(|| {
+            let pool = labels.pool.and_then(|i| self.config.pools.get(i));
+            let model = labels.model.and_then(|i| self.config.models.get(i));
+            let target = match (labels.target, model) {
+                (TargetLabel::Same, Some(m)) => Some(m.name.as_str()),
+                (TargetLabel::Target(i), Some(m)) => m
+                    .targets
+                    .as_ref()
+                    .and_then(|t| t.names().get(i))
+                    .map(String::as_str),
+                _ => None,
+            };
+            let name = stats::name_with_labels(
+                stats::REQUESTS_TOTAL,
+                &[
+                    ("pool", pool.map_or("none", |p| p.name.as_str())),
+                    ("model", model.map_or(OTHER, |m| m.name.as_str())),
+                    ("target_model", target.unwrap_or(OTHER)),
+                    ("outcome", outcome),
+                ],
+            );
+            host_stats::define_counter(&name)
+        });
+        if let Some(id) = id {
+            host_stats::increment_id(id, 1);
         }
     }
 
@@ -269,12 +304,24 @@ pub struct InferenceFilter {
     labels: Labels,
 }
 
-/// Label values for the request's stats. Model labels are bounded: configured names, else `other`.
-#[derive(Default)]
-struct Labels {
+/// Label values for the request's stats, as indices into the configuration. Model labels are
+/// bounded: configured names, else `other`.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Labels {
     pool: Option<usize>,
-    model: Option<String>,
-    target: Option<String>,
+    /// Index into `config.models`.
+    model: Option<usize>,
+    target: TargetLabel,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Hash)]
+enum TargetLabel {
+    #[default]
+    Other,
+    /// The model is served as named.
+    Same,
+    /// Index into the model's target names.
+    Target(usize),
 }
 
 const OTHER: &str = "other";
@@ -293,26 +340,8 @@ impl InferenceFilter {
     }
 
     /// Count the request in `inference_router_requests_total` with its outcome.
-    fn count(&self, outcome: &str) {
-        let config = &self.state.config;
-        let pool = self
-            .labels
-            .pool
-            .and_then(|i| config.pools.get(i))
-            .map_or("none", |p| p.name.as_str());
-        let name = stats::name_with_labels(
-            stats::REQUESTS_TOTAL,
-            &[
-                ("pool", pool),
-                ("model", self.labels.model.as_deref().unwrap_or(OTHER)),
-                (
-                    "target_model",
-                    self.labels.target.as_deref().unwrap_or(OTHER),
-                ),
-                ("outcome", outcome),
-            ],
-        );
-        host_stats::increment(&name, 1);
+    fn count(&self, outcome: &'static str) {
+        self.state.count_request(self.labels, outcome);
     }
 
     /// Send an OpenAI-shaped error and stop the request here.
@@ -406,10 +435,21 @@ impl InferenceFilter {
         let passthrough = matches!(decision, ModelDecision::Passthrough { .. });
         match &decision {
             ModelDecision::Configured { model, target } => {
+                let names = model
+                    .targets
+                    .as_ref()
+                    .map(|t| t.names())
+                    .unwrap_or_default();
                 self.labels = Labels {
                     pool: Some(model.pool),
-                    model: Some(model.name.clone()),
-                    target: Some(target.unwrap_or(&model.name).to_string()),
+                    model: state.config.model_index(&model.name),
+                    target: match target {
+                        None => TargetLabel::Same,
+                        Some(t) => names
+                            .iter()
+                            .position(|n| n == t)
+                            .map_or(TargetLabel::Same, TargetLabel::Target),
+                    },
                 };
             }
             ModelDecision::Passthrough { pool } => self.labels.pool = *pool,

@@ -38,3 +38,12 @@ pub fn gauge(name: &str, value: u64) {
         let _ = hostcalls::record_metric(id, value);
     }
 }
+
+/// A counter's id, defined once by the caller who caches it.
+pub fn define_counter(name: &str) -> Option<u32> {
+    id(MetricType::Counter, name)
+}
+
+pub fn increment_id(id: u32, by: u64) {
+    let _ = hostcalls::increment_metric(id, by as i64);
+}

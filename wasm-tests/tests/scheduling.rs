@@ -99,7 +99,11 @@ async fn requests_for_an_adapter_go_to_the_pod_running_it() {
     // The pod saw the adapter's name.
     let stats = sims[2].stats().await;
     assert_eq!(
-        stats.requests_by_model.get(SQL_ADAPTER).copied().unwrap_or(0),
+        stats
+            .requests_by_model
+            .get(SQL_ADAPTER)
+            .copied()
+            .unwrap_or(0),
         counts[2] as u64,
         "{stats:?}"
     );
@@ -324,7 +328,10 @@ async fn without_a_collector_fail_open_routes_by_in_flight_requests() {
     let sims = sims(4, &slow_sim()).await;
     let eps = endpoints(&sims);
     let config = config(&eps, "DEFAULT");
-    assert!(config.get("failureMode").is_none(), "FailOpen is the default");
+    assert!(
+        config.get("failureMode").is_none(),
+        "FailOpen is the default"
+    );
     let envoy = Envoy::start(&EnvoySpec::plugin(&config).without_collector())
         .await
         .unwrap();

@@ -167,6 +167,11 @@ impl Config {
         self.model_index.get(name).and_then(|&i| self.models.get(i))
     }
 
+    /// Position of the model named `name` in `models`.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.model_index.get(name).copied()
+    }
+
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)
     }

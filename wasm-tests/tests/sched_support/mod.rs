@@ -254,15 +254,7 @@ pub async fn wait_endpoint_metric(
 /// Wait (at most [`PROMPT`]) until each endpoint's gauge `name` equals `expected[i]`.
 pub async fn wait_gauges(envoy: &Envoy, name: &str, endpoints: &[String], expected: &[f64]) {
     for (e, want) in endpoints.iter().zip(expected) {
-        wait_endpoint_metric(
-            envoy,
-            name,
-            e,
-            &format!("{want}"),
-            |v| v == *want,
-            PROMPT,
-        )
-        .await;
+        wait_endpoint_metric(envoy, name, e, &format!("{want}"), |v| v == *want, PROMPT).await;
     }
 }
 
