@@ -38,9 +38,9 @@ pub struct FilterState {
     last_share_ms: Cell<u64>,
     /// Per-pool member-list generation the prefix index was last synced to (discovery).
     prefix_generation: Vec<Cell<u64>>,
-    /// Metric ids of `inference_router_requests_total` per label set, so a request never builds
-    /// a metric name once its label set has been seen.
-    request_metrics: RefCell<HashMap<(Labels, &'static str), Option<u32>>>,
+    /// Metric ids per metric and label set, so a request never builds a metric name once its
+    /// label set has been seen.
+    metric_ids: RefCell<HashMap<(Metric, Labels), Option<u32>>>,
 }
 
 /// How an endpoint was chosen, or why none was.
@@ -99,7 +99,7 @@ impl FilterState {
         let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
         FilterState {
             prefix_generation,
-            request_metrics: RefCell::new(HashMap::new()),
+            metric_ids: RefCell::new(HashMap::new()),
             config,
             rng: RefCell::new(rng),
             round_robin,
@@ -111,32 +111,19 @@ impl FilterState {
     }
 
     fn count_request(&self, labels: Labels, outcome: &'static str) {
-        let mut ids = self.request_metrics.borrow_mut();
-        let id = *ids.entry((labels, outcome)).or_insert_with(|| {
-            let pool = labels.pool.and_then(|i| self.config.pools.get(i));
-            let model = labels.model.and_then(|i| self.config.models.get(i));
-            let target = match (labels.target, model) {
-                (TargetLabel::Same, Some(m)) => Some(m.name.as_str()),
-                (TargetLabel::Target(i), Some(m)) => m
-                    .targets
-                    .as_ref()
-                    .and_then(|t| t.names().get(i))
-                    .map(String::as_str),
-                _ => None,
-            };
-            let name = stats::name_with_labels(
-                stats::REQUESTS_TOTAL,
-                &[
-                    ("pool", pool.map_or("none", |p| p.name.as_str())),
-                    ("model", model.map_or(OTHER, |m| m.name.as_str())),
-                    ("target_model", target.unwrap_or(OTHER)),
-                    ("outcome", outcome),
-                ],
-            );
-            host_stats::define_counter(&name)
-        });
-        if let Some(id) = id {
-            host_stats::increment_id(id, 1);
+        self.add(Metric::Requests(outcome), labels, 1);
+    }
+
+    /// Add to a counter or record in a histogram, defining its id on the first use of its label set.
+    fn add(&self, metric: Metric, labels: Labels, value: u64) {
+        let mut ids = self.metric_ids.borrow_mut();
+        let id = *ids
+            .entry((metric, labels))
+            .or_insert_with(|| metric.define(&self.config, labels));
+        match (id, metric.is_histogram()) {
+            (Some(id), true) => host_stats::record_id(id, value),
+            (Some(id), false) => host_stats::increment_id(id, value),
+            (None, _) => {}
         }
     }
 
@@ -302,6 +289,13 @@ pub struct InferenceFilter {
     fail_open: bool,
     /// Bounded label values of this request's stats, filled in as the decision is made.
     labels: Labels,
+    /// Routed to an endpoint: its response is timed (and, later, its tokens counted).
+    routed: bool,
+    /// The client asked for a stream.
+    streaming: bool,
+    /// When the request headers arrived, and when the first response body byte did (ms).
+    started_ms: u64,
+    first_byte_ms: Option<u64>,
 }
 
 /// Label values for the request's stats, as indices into the configuration. Model labels are
@@ -312,6 +306,78 @@ pub struct Labels {
     /// Index into `config.models`.
     model: Option<usize>,
     target: TargetLabel,
+}
+
+/// The per-request metrics of CONTRACT section 5 (and the time per output token).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Metric {
+    Requests(&'static str),
+    PromptTokens,
+    CompletionTokens,
+    Duration,
+    TimeToFirstToken,
+    TimePerOutputToken,
+}
+
+impl Metric {
+    fn is_histogram(self) -> bool {
+        matches!(
+            self,
+            Metric::Duration | Metric::TimeToFirstToken | Metric::TimePerOutputToken
+        )
+    }
+
+    /// Define the metric for `labels`: its name carries the label values for Envoy's stats_tags.
+    fn define(self, config: &Config, labels: Labels) -> Option<u32> {
+        let pool = labels
+            .pool
+            .and_then(|i| config.pools.get(i))
+            .map_or("none", |p| p.name.as_str());
+        let model = labels.model.and_then(|i| config.models.get(i));
+        let target = match (labels.target, model) {
+            (TargetLabel::Same, Some(m)) => Some(m.name.as_str()),
+            (TargetLabel::Target(i), Some(m)) => m
+                .targets
+                .as_ref()
+                .and_then(|t| t.names().get(i))
+                .map(String::as_str),
+            _ => None,
+        };
+        let model = model.map_or(OTHER, |m| m.name.as_str());
+        let target = target.unwrap_or(OTHER);
+        let name = match self {
+            Metric::Requests(outcome) => stats::name_with_labels(
+                stats::REQUESTS_TOTAL,
+                &[
+                    ("pool", pool),
+                    ("model", model),
+                    ("target_model", target),
+                    ("outcome", outcome),
+                ],
+            ),
+            Metric::PromptTokens | Metric::CompletionTokens => stats::name_with_labels(
+                if self == Metric::PromptTokens {
+                    stats::PROMPT_TOKENS_TOTAL
+                } else {
+                    stats::COMPLETION_TOKENS_TOTAL
+                },
+                &[("pool", pool), ("model", model), ("target_model", target)],
+            ),
+            Metric::Duration | Metric::TimeToFirstToken | Metric::TimePerOutputToken => {
+                let base = match self {
+                    Metric::Duration => stats::REQUEST_DURATION_MS,
+                    Metric::TimeToFirstToken => stats::TIME_TO_FIRST_TOKEN_MS,
+                    _ => stats::TIME_PER_OUTPUT_TOKEN_MS,
+                };
+                stats::name_with_labels(base, &[("pool", pool), ("target_model", target)])
+            }
+        };
+        if self.is_histogram() {
+            host_stats::define_histogram(&name)
+        } else {
+            host_stats::define_counter(&name)
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Hash)]
@@ -336,6 +402,10 @@ impl InferenceFilter {
             counted: None,
             labels: Labels::default(),
             fail_open: false,
+            routed: false,
+            streaming: false,
+            started_ms: 0,
+            first_byte_ms: None,
         }
     }
 
@@ -499,6 +569,8 @@ impl InferenceFilter {
             }
         }
         host::clear_route_cache();
+        self.routed = true;
+        self.streaming = fields.stream;
         self.count(if passthrough {
             "passthrough"
         } else if self.fail_open {
@@ -548,6 +620,7 @@ impl HttpContext for InferenceFilter {
             .as_deref()
             .and_then(|h| self.get_http_request_header(h));
         self.stage = Stage::Buffering;
+        self.started_ms = host::now_ms();
         Action::Pause
     }
 
@@ -566,9 +639,33 @@ impl HttpContext for InferenceFilter {
         self.on_full_body(&body)
     }
 
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.routed && self.first_byte_ms.is_none() && body_size > 0 {
+            self.first_byte_ms = Some(host::now_ms());
+        }
+        // Never buffered: each chunk goes on to the client as it came.
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         if let Some((members, i)) = self.counted.take() {
             members.counters.release(i);
+        }
+        if self.routed {
+            let state = Rc::clone(&self.state);
+            let now = host::now_ms();
+            state.add(
+                Metric::Duration,
+                self.labels,
+                now.saturating_sub(self.started_ms),
+            );
+            if let (true, Some(first)) = (self.streaming, self.first_byte_ms) {
+                state.add(
+                    Metric::TimeToFirstToken,
+                    self.labels,
+                    first.saturating_sub(self.started_ms),
+                );
+            }
         }
     }
 }

@@ -47,3 +47,11 @@ pub fn define_counter(name: &str) -> Option<u32> {
 pub fn increment_id(id: u32, by: u64) {
     let _ = hostcalls::increment_metric(id, by as i64);
 }
+
+pub fn define_histogram(name: &str) -> Option<u32> {
+    id(MetricType::Histogram, name)
+}
+
+pub fn record_id(id: u32, value: u64) {
+    let _ = hostcalls::record_metric(id, value);
+}

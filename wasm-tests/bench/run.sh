@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# make bench, part 1: the proxy cost of the inference-router plugin.
+# make bench: the proxy cost of the inference-router plugin, its floor, and its strategies.
 #
-# One Envoy with two listeners in front of one nginx backend:
-#   A (plain)  router only -> STATIC cluster
-#   B (plugin) inference-router wasm filter + router -> ORIGINAL_DST cluster
-# wrk drives A and B alternately with a 2 KB chat body and a 200 KB completion
-# body; the medians go to docs/benchmarks.md.
+# 1. The core's micro-benchmarks (its ignored tests: Prometheus parse, scheduling at 8/64/512).
+# 2. One nginx serving as the backend and as N simulated pods on N loopback addresses.
+# 3. One Envoy per stage, each with one listener per arm, driven by wrk in alternation:
+#      main     plain / noop (the floor: pause + buffer + continue) / plugin; 2 KB and 200 KB bodies
+#      poolN    plain / ROUND_ROBIN / LEAST_REQUEST / DEFAULT (+ collector) over N = 8, 64, 512 pods
+# The medians go to docs/benchmarks.md, between the generated sections' markers.
 #
 # Run from the repo root after `make build` (needs dist/inference_router.wasm
 # and .venv/bin/envoy):  bash wasm-tests/bench/run.sh
-# Knobs: BENCH_QUICK=1 (2 short rounds, < 3 min), BENCH_PIN=0 (no CPU pinning),
+# Knobs: BENCH_QUICK=1 (short rounds, < 3 min), BENCH_STAGES="main pool8" (a subset),
+#        BENCH_MICRO=0 (skip the core micro-benchmarks), BENCH_PIN=0 (no CPU pinning),
 #        BENCH_WASM=path (measure another build of the module),
+#        BENCH_EXTRA_WASM=name=path[,name=path] (more builds as extra arms of the main stage),
+#        BENCH_SCRAPE_MS=n (DEFAULT's metrics.intervalMs; default: the plugin's, 100),
 #        BENCH_NICE=n (niceness for the bench processes, default -10),
-#        BENCH_KEEP=1 (keep the temp dir with configs, logs and raw results).
+#        BENCH_KEEP=1 (keep the temp dir with configs, logs and raw results),
+#        BENCH_DOC=path (write the report there instead of docs/benchmarks.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,19 +25,29 @@ cd "$ROOT"
 HERE=wasm-tests/bench
 WASM=${BENCH_WASM:-$ROOT/dist/inference_router.wasm}   # BENCH_WASM: measure another build
 ENVOY=$ROOT/.venv/bin/envoy
-DOC=$ROOT/docs/benchmarks.md
+DOC=${BENCH_DOC:-$ROOT/docs/benchmarks.md}   # BENCH_DOC: write the report elsewhere
+NOOP_TARGET=$ROOT/target/bench-noop-filter
+NOOP_WASM=$NOOP_TARGET/wasm32-wasip1/release/bench_noop_filter.wasm
+# The page every simulated pod serves at /metrics: the shared real-vLLM fixture (the core's tests
+# read the same file).
+METRICS_PAGE=${BENCH_METRICS_PAGE:-$ROOT/../shared/fixtures/vllm-0.32-cpu/metrics-idle.txt}
+STAGES=${BENCH_STAGES:-main pool8 pool64 pool512}
+START=$SECONDS
 
-# Loopback only. A dedicated 127.0.0.21 keeps clear of `make run` (127.0.0.1:8080/9901).
+# Loopback only. A dedicated 127.0.0.21 keeps clear of `make run` (127.0.0.1:8080/9901); the
+# simulated pods are 127.0.200.1, .2, ... (bench.py `pool_addresses`).
 HOST=127.0.0.21
 BACKEND_PORT=18080
-PLAIN_PORT=18081
-PLUGIN_PORT=18082
+BASE_PORT=18081   # one listener per arm: 18081, 18082, ...
 ADMIN_PORT=18099
+MAX_ARMS=8
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-  ROUNDS=2 DURATION=4 WARMUP=2 QUICK_FLAG=--quick
+  MAIN=(--rounds 2 --duration 3 --warmup 2) POOLS=(--rounds 1 --duration 3 --warmup 1 --idle 2 --settle 1)
+  QUICK_FLAG=--quick
 else
-  ROUNDS=5 DURATION=8 WARMUP=3 QUICK_FLAG=
+  MAIN=(--rounds 5 --duration 8 --warmup 3) POOLS=(--rounds 3 --duration 5 --warmup 2 --idle 4 --settle 2)
+  QUICK_FLAG=
 fi
 THREADS=1 CONNECTIONS=16
 
@@ -41,6 +56,15 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 [[ -f $WASM ]] || die "$WASM is missing; run \`make build\` first"
 [[ -x $ENVOY ]] || die "$ENVOY is missing; the Makefile's venv step installs it"
 command -v python3 >/dev/null || die "python3 is needed"
+for stage in $STAGES; do
+  [[ $stage == main || $stage =~ ^pool[0-9]+$ ]] || die "unknown stage $stage in BENCH_STAGES (main, pool8, pool64, pool512)"
+  [[ $stage == main || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
+done
+POOL_MAX=0
+for stage in $STAGES; do
+  [[ $stage =~ ^pool([0-9]+)$ ]] && ((BASH_REMATCH[1] > POOL_MAX)) && POOL_MAX=${BASH_REMATCH[1]}
+done
+((POOL_MAX <= 1000)) || die "pools of more than 1000 pods are not supported (127.0.200.x-127.0.203.x)"
 
 # --- 1. tools: wrk and nginx (+ its echo module, used by the pre-flight check)
 ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
@@ -69,13 +93,18 @@ command -v wrk >/dev/null && command -v nginx >/dev/null && [[ -f $ECHO_MODULE ]
   || die "could not install wrk / nginx / the nginx echo module"
 
 # Every port must be free: a leftover process would be measured instead of ours.
-for port in $BACKEND_PORT $PLAIN_PORT $PLUGIN_PORT $ADMIN_PORT; do
+for port in $BACKEND_PORT $(seq $BASE_PORT $((BASE_PORT + MAX_ARMS - 1))) $ADMIN_PORT; do
   if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
     die "$HOST:$port is already in use (a previous bench still running?)"
   fi
 done
 
-# --- 2. work dir, processes and their cleanup
+# --- 2. the floor filter (its own workspace, built into target/bench-noop-filter)
+echo "bench: building the noop floor filter (wasm-tests/bench/noop-filter)"
+cargo build --quiet --release --target wasm32-wasip1 --manifest-path $HERE/noop-filter/Cargo.toml \
+  --target-dir "$NOOP_TARGET" || die "the noop filter did not build"
+
+# --- 3. work dir, processes and their cleanup
 WORK=$(mktemp -d /tmp/inference-router-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -84,8 +113,11 @@ cleanup() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if ((rc != 0)); then
     # Envoy's warnings and errors say why (wasm load failure, plugin panic, ...).
-    echo "bench: failed; Envoy's last warnings and errors ($WORK/envoy.log):" >&2
-    grep -E '\]\[(warning|error|critical)\]' "$WORK/envoy.log" 2>/dev/null | tail -n 20 >&2 || true
+    for f in "$WORK"/*/envoy.log; do
+      [[ -f $f ]] || continue
+      echo "bench: failed; Envoy's last warnings and errors ($f):" >&2
+      grep -E '\]\[(warning|error|critical)\]' "$f" 2>/dev/null | tail -n 20 >&2 || true
+    done
     echo "bench: configs, logs and raw results kept in $WORK" >&2
   elif [[ ${BENCH_KEEP:-0} == 1 ]]; then
     echo "bench: configs, logs and raw results kept in $WORK"
@@ -96,6 +128,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # run the EXIT trap on Ctrl-C too
+
+# --- 4. the core's micro-benchmarks (before anything is measured: the build would disturb it)
+if [[ ${BENCH_MICRO:-1} != 0 ]]; then
+  echo "bench: core micro-benchmarks: cargo test --release -p inference-router-core -- --ignored --nocapture"
+  cargo test --release -p inference-router-core -- --ignored --nocapture >"$WORK/micro.txt" 2>&1 \
+    || { tail -n 30 "$WORK/micro.txt" >&2; die "the core's micro-benchmarks failed"; }
+  grep -E '^(parse_page|schedule|hash_prompt|record)' "$WORK/micro.txt" | sed 's/^/bench:   /' || true
+fi
 
 # nginx, Envoy and wrk run at a higher priority than everything else (see
 # `bench.py prio`): builds on the same machine then disturb the numbers less.
@@ -112,10 +152,10 @@ if [[ ${BENCH_PIN:-1} == 1 ]] && (($(nproc) >= 2)) && command -v taskset >/dev/n
   NGINX_PREFIX=(taskset -c "$WRK_CPUS")
 fi
 
-python3 $HERE/bench.py gen --dir "$WORK" --wasm "$WASM" --host $HOST \
-  --admin-port $ADMIN_PORT --plain-port $PLAIN_PORT --plugin-port $PLUGIN_PORT \
-  --backend $HOST:$BACKEND_PORT --echo-module "$ECHO_MODULE"
-
+# --- 5. nginx: the backend, and the simulated pods on their own addresses
+cp "$METRICS_PAGE" "$WORK/metrics.txt" 2>/dev/null || : >"$WORK/metrics.txt"
+python3 $HERE/bench.py gen-nginx --dir "$WORK" --backend $HOST:$BACKEND_PORT --echo-module "$ECHO_MODULE" \
+  --metrics-page "$WORK/metrics.txt" --pool-addresses $POOL_MAX
 mkdir -p "$WORK/nginx-body"
 nginx -t -q -p "$WORK" -c "$WORK/nginx.conf" || die "nginx rejected the generated config"
 "${PRIO[@]}" "${NGINX_PREFIX[@]}" nginx -p "$WORK" -c "$WORK/nginx.conf" &   # `daemon off` in the config: stays our child
@@ -123,17 +163,29 @@ NGINX_PID=$!
 PIDS+=($NGINX_PID)
 python3 $HERE/bench.py wait --name nginx --pid $NGINX_PID --tcp $HOST:$BACKEND_PORT
 
-"${PRIO[@]}" "${ENVOY_PREFIX[@]}" "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 --disable-hot-restart \
-  --log-path "$WORK/envoy.log" &
-ENVOY_PID=$!
-PIDS+=($ENVOY_PID)
-python3 $HERE/bench.py wait --name envoy --pid $ENVOY_PID --url "http://$HOST:$ADMIN_PORT/ready"
-
-# --- 3. measure and report
-echo "bench: $ROUNDS rounds x [plain, plugin] x ${DURATION}s per body; wrk -t$THREADS -c$CONNECTIONS" \
+# --- 6. the stages: one Envoy each
+echo "bench: stages: $STAGES; wrk -t$THREADS -c$CONNECTIONS" \
   "${WRK_CPUS:+(wrk+nginx on CPU $WRK_CPUS, Envoy on CPU $ENVOY_CPUS)}"
-python3 $HERE/bench.py run --dir "$WORK" --host $HOST --admin $HOST:$ADMIN_PORT \
-  --plain-port $PLAIN_PORT --plugin-port $PLUGIN_PORT --envoy "$ENVOY" --doc "$DOC" \
-  --envoy-pid $ENVOY_PID --nginx-pid $NGINX_PID --nice "$NICE" \
-  --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --threads $THREADS --connections $CONNECTIONS \
-  --wrk-cpus "$WRK_CPUS" --envoy-cpus "$ENVOY_CPUS" --loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" $QUICK_FLAG
+for stage in $STAGES; do
+  python3 $HERE/bench.py gen-stage --dir "$WORK" --stage "$stage" --wasm "$WASM" --noop-wasm "$NOOP_WASM" \
+    --host $HOST --admin-port $ADMIN_PORT --base-port $BASE_PORT --backend $HOST:$BACKEND_PORT \
+    --extra "${BENCH_EXTRA_WASM:-}" ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"}
+  "${PRIO[@]}" "${ENVOY_PREFIX[@]}" "$ENVOY" -c "$WORK/$stage/envoy.yaml" --concurrency 1 --disable-hot-restart \
+    --log-path "$WORK/$stage/envoy.log" &
+  ENVOY_PID=$!
+  PIDS+=($ENVOY_PID)
+  python3 $HERE/bench.py wait --name "envoy ($stage)" --pid $ENVOY_PID --url "http://$HOST:$ADMIN_PORT/ready" --timeout 60
+  if [[ $stage == main ]]; then settings=("${MAIN[@]}"); else settings=("${POOLS[@]}"); fi
+  python3 $HERE/bench.py run --dir "$WORK" --stage "$stage" --host $HOST --admin $HOST:$ADMIN_PORT \
+    --envoy "$ENVOY" --envoy-pid $ENVOY_PID --nginx-pid $NGINX_PID --nice "$NICE" "${settings[@]}" \
+    --threads $THREADS --connections $CONNECTIONS --wrk-cpus "$WRK_CPUS" --envoy-cpus "$ENVOY_CPUS" \
+    --metrics-page-bytes "$(stat -c %s "$WORK/metrics.txt")" \
+    ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"} $QUICK_FLAG
+  kill $ENVOY_PID
+  wait $ENVOY_PID 2>/dev/null || true
+  unset 'PIDS[${#PIDS[@]}-1]'
+done
+
+# --- 7. report
+python3 $HERE/bench.py report --dir "$WORK" --doc "$DOC"
+echo "bench: done in $((SECONDS - START)) s"

@@ -117,8 +117,10 @@ struct Shared {
     metrics: Mutex<MetricsSource>,
     metrics_fail: watch::Sender<MetricsFail>,
     log: Mutex<Vec<Recorded>>,
-    /// Number of requests received so far.
+    /// Number of requests received so far (scrapes of /metrics apart).
     received: watch::Sender<usize>,
+    /// Number of /metrics scrapes answered.
+    scrapes: std::sync::atomic::AtomicUsize,
     /// Number of responses currently waiting for a release.
     held: watch::Sender<usize>,
     hold: Mutex<Hold>,
@@ -158,6 +160,7 @@ impl Pod {
             metrics_fail: watch::channel(MetricsFail::Ok).0,
             log: Mutex::new(Vec::new()),
             received: watch::channel(0).0,
+            scrapes: std::sync::atomic::AtomicUsize::new(0),
             held: watch::channel(0).0,
             hold: Mutex::new(Hold::Off),
             gate: watch::channel(0).0,
@@ -182,7 +185,14 @@ impl Pod {
         self.shared.addr.to_string()
     }
 
-    /// Every request received so far, oldest first.
+    /// `/metrics` scrapes answered so far (not in `requests`).
+    pub fn scrape_count(&self) -> usize {
+        self.shared
+            .scrapes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every request received so far, oldest first, except `/metrics` scrapes.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.log).clone()
     }
@@ -371,17 +381,21 @@ async fn handle(
     };
     let reply = respond(&shared, &recorded);
     let is_metrics = recorded.method == Method::GET && recorded.path() == "/metrics";
+    // The metrics collector's scrapes are counted apart and never held: tests look at what the
+    // gateway routed, and a held scrape would only make the pod look stale.
+    if is_metrics {
+        shared
+            .scrapes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reply = metrics_failure(&shared).await.unwrap_or(reply);
+        return Ok(build(&shared, reply, None));
+    }
     // Read the hold mode and the release generation on arrival, before the test can see the
     // request: a release issued after it has been counted always lets it go.
     let hold = *lock(&shared.hold);
     let generation = *shared.gate.borrow();
     lock(&shared.log).push(recorded);
     shared.received.send_modify(|n| *n += 1);
-    let reply = if is_metrics {
-        metrics_failure(&shared).await.unwrap_or(reply)
-    } else {
-        reply
-    };
 
     let response = match (hold, reply) {
         (Hold::Off, reply) => build(&shared, reply, None),

@@ -37,8 +37,13 @@ impl Stack {
     }
 
     /// Every request any pod received.
+    /// What the pods served, without the metrics collector's `/metrics` scrapes.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.pods.iter().flat_map(Pod::requests).collect()
+        self.pods
+            .iter()
+            .flat_map(Pod::requests)
+            .filter(|r| r.path() != "/metrics")
+            .collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -284,6 +284,7 @@ async fn scrapes_once_per_interval(mode: &str) {
     let expected = elapsed.as_millis() as f64 / INTERVAL_MS as f64;
     for (i, e) in eps.iter().enumerate() {
         let n = after[i] - before[i];
+        eprintln!("{mode}: {n} scrapes of {e} in {elapsed:?}");
         assert!(
             (10..=26).contains(&n),
             "{mode} collector: {n} scrapes of {e} in {elapsed:?} (one collector makes ≈ {expected:.0}; \

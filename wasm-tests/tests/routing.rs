@@ -301,7 +301,11 @@ async fn non_inference_requests_pass_through_untouched() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().unwrap()["object"], "list");
-    let seen = stack.requests().pop().unwrap();
+    let seen = stack
+        .requests()
+        .into_iter()
+        .find(|s| s.uri == "/v1/models?limit=5")
+        .unwrap();
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.uri, "/v1/models?limit=5");
     assert!(seen.body.is_empty());

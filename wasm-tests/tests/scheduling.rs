@@ -38,8 +38,8 @@ async fn a_pod_with_a_long_queue_is_avoided() {
     long_queue_is_avoided(None).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_with_a_nearly_full_kv_cache_is_avoided() {
+/// Four pods, pod 0 with its KV cache 95% full, the others 10%.
+async fn full_kv_stack() -> (Vec<Sim>, Vec<String>, Envoy) {
     let sims = sims(4, &fast_sim()).await;
     let eps = endpoints(&sims);
     sims[0].pin(load(0, 0.95)).await;
@@ -49,7 +49,12 @@ async fn a_pod_with_a_nearly_full_kv_cache_is_avoided() {
     let envoy = start_envoy(&config(&eps, "DEFAULT")).await;
     wait_gauges(&envoy, KV_PERMILLE, &eps, &[950.0, 100.0, 100.0, 100.0]).await;
     settle().await;
+    (sims, eps, envoy)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_a_nearly_full_kv_cache_is_avoided() {
+    let (_sims, eps, envoy) = full_kv_stack().await;
     let client = envoy.client().unwrap();
     let pods = sequential(&client, BASE, 40).await;
     let counts = tally(&eps, &pods);
@@ -60,13 +65,31 @@ async fn a_pod_with_a_nearly_full_kv_cache_is_avoided() {
     );
 }
 
-// ---- LoRA affinity ----------------------------------------------------------------------------
+/// `n` sequential requests, each after the collector has scraped again (two intervals), so no
+/// pick since the last scrape weighs in the queue scorer.
+async fn paced(client: &Client, model: &str, n: usize) -> Vec<String> {
+    let mut pods = Vec::new();
+    for _ in 0..n {
+        settle().await;
+        pods.extend(sequential(client, model, 1).await);
+    }
+    pods
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_for_an_adapter_go_to_the_pod_running_it() {
+async fn a_pod_with_a_nearly_full_kv_cache_is_avoided_by_requests_a_scrape_apart() {
+    let (_sims, eps, envoy) = full_kv_stack().await;
+    let pods = paced(&envoy.client().unwrap(), BASE, 10).await;
+    let counts = tally(&eps, &pods);
+    assert_eq!(counts[0], 0, "{counts:?}");
+}
+
+// ---- LoRA affinity ----------------------------------------------------------------------------
+
+/// Four pods at equal load; pod 2 runs sql-lora, the others another adapter with a free slot.
+async fn lora_stack() -> (Vec<Sim>, Vec<String>, Envoy) {
     let sims = sims(4, &fast_sim()).await;
     let eps = endpoints(&sims);
-    // Equal load everywhere; pod 2 runs sql-lora, the others another adapter with a free slot.
     for (i, s) in sims.iter().enumerate() {
         let adapter = if i == 2 { SQL_ADAPTER } else { "tweet-summary" };
         s.pin(Pin {
@@ -83,7 +106,12 @@ async fn requests_for_an_adapter_go_to_the_pod_running_it() {
     wait_gauges(&envoy, KV_PERMILLE, &eps, &[100.0; 4]).await;
     wait_gauges(&envoy, RUNNING, &eps, &[1.0; 4]).await;
     settle().await;
+    (sims, eps, envoy)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_an_adapter_go_to_the_pod_running_it() {
+    let (sims, eps, envoy) = lora_stack().await;
     // 20 sequential requests for a model whose single target is sql-lora: at least 18 (90%) on
     // the pod that has the adapter loaded. Nothing else tells the pods apart, so only LoRA
     // affinity can send them there.
@@ -107,6 +135,14 @@ async fn requests_for_an_adapter_go_to_the_pod_running_it() {
         counts[2] as u64,
         "{stats:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_an_adapter_a_scrape_apart_go_to_the_pod_running_it() {
+    let (_sims, eps, envoy) = lora_stack().await;
+    let pods = paced(&envoy.client().unwrap(), SQL, 10).await;
+    let counts = tally(&eps, &pods);
+    assert_eq!(counts[2], 10, "{counts:?}");
 }
 
 // ---- Saturation -------------------------------------------------------------------------------
@@ -277,7 +313,11 @@ async fn requests_sharing_a_long_prefix_land_on_one_pod() {
     let top = *counts.iter().max().unwrap();
     assert!(
         top >= 27,
-        "30 prompts sharing a 4 KB prefix: at most {top} on one pod (want ≥ 27, 90%): {counts:?}"
+        "30 prompts sharing a 4 KB prefix: at most {top} on one pod (want ≥ 27, 90%): {counts:?}; \
+         in order: {:?}",
+        pods.iter()
+            .map(|p| eps.iter().position(|e| e == p).unwrap())
+            .collect::<Vec<_>>()
     );
     assert_eq!(pods[0], eps[counts.iter().position(|c| *c == top).unwrap()]);
 }

@@ -969,16 +969,25 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction",model="tensorrt
         for _ in 0..100 {
             black_box(parse_page(black_box(page), &d));
         }
-        const N: u32 = 1000;
-        let t = Instant::now();
-        for _ in 0..N {
-            black_box(parse_page(black_box(page), &d));
+        // 1,000 parses in 10 batches: the mean, and the best batch (less disturbed by whatever
+        // else the machine is doing).
+        let (mut total, mut best) = (0.0, f64::MAX);
+        for _ in 0..10 {
+            let t = Instant::now();
+            for _ in 0..100 {
+                black_box(parse_page(black_box(page), &d));
+            }
+            let batch = t.elapsed().as_secs_f64() * 1e6 / 100.0;
+            total += batch;
+            best = best.min(batch);
         }
-        let per = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+        let mean = total / 10.0;
         println!(
-            "parse_page(vLLM 0.32 page, {} bytes): {per:.2} µs per page over {N} iterations ({:.0} MB/s)",
+            "parse_page(vLLM 0.32 page, {} bytes, {} lines): {mean:.2} µs per page over 1000 \
+             iterations (best batch of 100: {best:.2} µs, {:.0} MB/s)",
             page.len(),
-            page.len() as f64 / per
+            UNDER_LOAD.lines().count(),
+            page.len() as f64 / best
         );
     }
 }

@@ -2,11 +2,18 @@
 //! router needs, the byte-exact `model` rewrite, and the OpenAI error shape for replies the filter sends itself.
 
 mod errors;
+mod json_stream;
 mod paths;
 mod rewrite;
 mod scan;
+mod sse;
+mod stream_usage;
+mod usage;
 
 pub use errors::error_body;
 pub use paths::{inference_api, InferenceApi};
 pub use rewrite::{encode_json_string, model_prefix_replacement, rewrite_model};
 pub use scan::{scan_request, BodyError, RequestFields, MAX_DEPTH};
+pub use sse::{SseParser, SseProgress};
+pub use stream_usage::{request_usage_rewrite, UsageStripper, DEFAULT_HOLD_LIMIT};
+pub use usage::{Usage, UsageScanner};

@@ -130,7 +130,7 @@ impl<'a> Pass<'a> {
                 continue;
             }
             any_fresh = true;
-            let q = scorers::effective_queue(s, c.picks_since_scrape);
+            let q = scorers::effective_queue(s, c.picks_since_scrape, c.in_flight);
             fresh_ranges.add(q, c.in_flight);
             if has_headroom(s, &profile.saturation) {
                 any_headroom = true;
@@ -176,14 +176,23 @@ impl<'a> Pass<'a> {
     fn score(&self, i: usize, c: &Candidate<'_>, s: &EndpointState, guess: &mut usize) -> Scores {
         let w = &self.profile.weights;
         let r = &self.ranges;
-        let queue = scorers::queue(s, c.picks_since_scrape, r.queue.0, r.queue.1);
+        // Differences below the saturation queue depth are not decisive on their own.
+        let floor = u64::from(self.profile.saturation.queue_depth);
+        let queue = scorers::queue(
+            s,
+            c.picks_since_scrape,
+            c.in_flight,
+            r.queue.0,
+            r.queue.1,
+            floor,
+        );
         let kv_cache = scorers::kv_cache(s);
         let lora_affinity = if w.lora_affinity > 0.0 {
             scorers::lora_affinity(s, self.adapter)
         } else {
             0.0
         };
-        let in_flight = scorers::in_flight(c.in_flight, r.in_flight.0, r.in_flight.1);
+        let in_flight = scorers::in_flight(c.in_flight, r.in_flight.0, r.in_flight.1, floor);
         let hashes = self.req.prefix_hashes;
         let prefix = match self.prefix {
             Some(index) if w.prefix > 0.0 && !hashes.is_empty() => {

@@ -3,24 +3,42 @@
 
 use crate::pool::EndpointState;
 
-/// The queue the endpoint will have once our requests since its last scrape arrive. Counting the
-/// picks is what spreads a burst: every pick raises the picked endpoint's queue for the next one.
-pub fn effective_queue(s: &EndpointState, picks_since_scrape: u32) -> u64 {
-    u64::from(s.waiting) + u64::from(picks_since_scrape)
+/// The queue the endpoint has now, as best we know: the scraped queue plus our requests sent since
+/// that scrape that are still open there (the scrape cannot include them; the ones already
+/// finished are gone from the engine too). Counting them is what spreads a burst: every pick
+/// raises the picked endpoint's queue for the next one.
+pub fn effective_queue(s: &EndpointState, picks_since_scrape: u32, in_flight: u32) -> u64 {
+    u64::from(s.waiting) + u64::from(picks_since_scrape.min(in_flight))
 }
 
 /// Min–max normalisation where less is better: the minimum scores 1, the maximum 0, all equal 1.
-pub fn lower_is_better(value: u64, min: u64, max: u64) -> f64 {
-    if max <= min {
+/// The range counts as at least `floor`, so a difference smaller than that (one request more on a
+/// near-idle pod) moves the score only a little instead of across the whole scale, where it would
+/// outweigh the other scorers.
+pub fn lower_is_better(value: u64, min: u64, max: u64, floor: u64) -> f64 {
+    let range = max.saturating_sub(min).max(floor);
+    if range == 0 {
         return 1.0;
     }
     let v = value.clamp(min, max);
-    (max - v) as f64 / (max - min) as f64
+    (range - (v - min)) as f64 / range as f64
 }
 
-/// Queue scorer: min–max over the candidates of the effective queue.
-pub fn queue(s: &EndpointState, picks_since_scrape: u32, min: u64, max: u64) -> f64 {
-    lower_is_better(effective_queue(s, picks_since_scrape), min, max)
+/// Queue scorer: min–max (range at least `floor`) over the candidates of the effective queue.
+pub fn queue(
+    s: &EndpointState,
+    picks_since_scrape: u32,
+    in_flight: u32,
+    min: u64,
+    max: u64,
+    floor: u64,
+) -> f64 {
+    lower_is_better(
+        effective_queue(s, picks_since_scrape, in_flight),
+        min,
+        max,
+        floor,
+    )
 }
 
 /// KV-cache scorer: the free fraction. Unknown (non-finite) use scores 0.
@@ -36,8 +54,8 @@ pub fn kv_cache(s: &EndpointState) -> f64 {
 /// In-flight scorer: min–max over the candidates of this gateway's open requests there. It is the
 /// only signal that also falls between scrapes (requests end), where `picks_since_scrape`, already
 /// in the effective queue, only grows.
-pub fn in_flight(in_flight: u32, min: u32, max: u32) -> f64 {
-    lower_is_better(u64::from(in_flight), u64::from(min), u64::from(max))
+pub fn in_flight(in_flight: u32, min: u32, max: u32, floor: u64) -> f64 {
+    lower_is_better(u64::from(in_flight), u64::from(min), u64::from(max), floor)
 }
 
 /// Whether the endpoint reports `adapter` as running or waiting.
@@ -88,12 +106,31 @@ mod tests {
 
     #[test]
     fn min_max() {
-        assert_eq!(lower_is_better(3, 3, 3), 1.0);
-        assert_eq!(lower_is_better(0, 0, 4), 1.0);
-        assert_eq!(lower_is_better(4, 0, 4), 0.0);
-        assert_eq!(lower_is_better(1, 0, 4), 0.75);
-        assert_eq!(lower_is_better(9, 0, 4), 0.0, "clamped");
-        assert_eq!(in_flight(2, 2, 2), 1.0);
+        assert_eq!(lower_is_better(3, 3, 3, 0), 1.0);
+        assert_eq!(lower_is_better(0, 0, 4, 0), 1.0);
+        assert_eq!(lower_is_better(4, 0, 4, 0), 0.0);
+        assert_eq!(lower_is_better(1, 0, 4, 0), 0.75);
+        assert_eq!(lower_is_better(9, 0, 4, 0), 0.0, "clamped");
+        assert_eq!(in_flight(2, 2, 2, 0), 1.0);
+        // A range below the floor counts as the floor: one request more is a small step.
+        assert_eq!(lower_is_better(1, 0, 1, 5), 0.8);
+        assert_eq!(lower_is_better(3, 3, 3, 5), 1.0);
+        assert_eq!(lower_is_better(10, 0, 10, 5), 0.0);
+    }
+
+    #[test]
+    fn effective_queue_counts_only_our_open_requests_since_the_scrape() {
+        let s = EndpointState {
+            waiting: 2,
+            ..Default::default()
+        };
+        assert_eq!(effective_queue(&s, 5, 3), 5, "3 of the 5 picks still open");
+        assert_eq!(
+            effective_queue(&s, 5, 9),
+            7,
+            "open before the scrape: already in `waiting`"
+        );
+        assert_eq!(effective_queue(&s, 5, 0), 2, "all finished");
     }
 
     #[test]

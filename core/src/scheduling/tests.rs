@@ -108,11 +108,16 @@ fn a_long_queue_is_avoided() {
             fail_open: false
         }
     );
-    // Picks since the scrape count as queue: endpoint 1 has 12 of ours on the way.
+    // Picks since the scrape that are still open count as queue: endpoint 1 has 12 of ours there.
     let mut c = candidates(&states);
     c[1].picks_since_scrape = 12;
+    c[1].in_flight = 12;
     let seen = histogram(&Profile::default(), &request("m"), &c, 100);
     assert_eq!(seen, [0, 0, 100]);
+    // Once they have finished they are no load any more.
+    c[1].in_flight = 0;
+    let seen = histogram(&Profile::default(), &request("m"), &c, 100);
+    assert_eq!(seen, [0, 100, 0]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub const COMPLETION_TOKENS_TOTAL: &str = "inference_router_completion_tokens_to
 pub const ENDPOINT_PICKS_TOTAL: &str = "inference_router_endpoint_picks_total";
 pub const REQUEST_DURATION_MS: &str = "inference_router_request_duration_ms";
 pub const TIME_TO_FIRST_TOKEN_MS: &str = "inference_router_time_to_first_token_ms";
+pub const TIME_PER_OUTPUT_TOKEN_MS: &str = "inference_router_time_per_output_token_ms";
 pub const ENDPOINT_QUEUE_SIZE: &str = "inference_router_endpoint_queue_size";
 pub const ENDPOINT_RUNNING: &str = "inference_router_endpoint_running_requests";
 pub const ENDPOINT_KV_PERMILLE: &str = "inference_router_endpoint_kv_cache_usage_permille";

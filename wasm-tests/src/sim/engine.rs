@@ -41,6 +41,7 @@ pub(crate) enum Event {
 /// A finished request, with its timings in simulated seconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Done {
+    pub arrival_s: f64,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cached_tokens: u32,
@@ -267,6 +268,11 @@ impl Engine {
         self.lora_started |= req.adapter.is_some();
         self.waiting.push_back(req);
         self.update_lora();
+    }
+
+    /// When the oldest waiting request arrived.
+    pub(crate) fn first_arrival(&self) -> Option<f64> {
+        self.waiting.iter().map(|r| r.arrival).reduce(f64::min)
     }
 
     fn adapter_name(&self, a: usize) -> &str {
@@ -635,6 +641,7 @@ impl Engine {
         s.queue_s_sum += scheduled - r.arrival;
         s.e2e_s_sum += now - r.arrival;
         let _ = r.tx.send(Event::Done(Done {
+            arrival_s: r.arrival,
             prompt_tokens: r.prompt_len,
             completion_tokens: r.output,
             cached_tokens: r.cached,

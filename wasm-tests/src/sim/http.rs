@@ -193,6 +193,7 @@ async fn inference(shared: &Arc<Shared>, api: Api, raw: &[u8]) -> Response<Body>
                 let h = r.headers_mut();
                 // Per-request simulated timings, for benchmarks (Envoy passes them through).
                 for (name, v) in [
+                    ("x-sim-arrival-s", d.arrival_s),
                     ("x-sim-queue-s", d.queue_s),
                     ("x-sim-ttft-s", d.ttft_s),
                     ("x-sim-e2e-s", d.e2e_s),

@@ -10,7 +10,10 @@
 //! - The engine model (queueing, chunked prefill, preemption, KV blocks, prefix cache, LoRA
 //!   slots, step time) is described in [`engine`].
 //! - Timings in `/metrics` and [`SimStats`] are simulated seconds; wall time is simulated time ×
-//!   [`SimConfig::time_scale`].
+//!   [`SimConfig::time_scale`]. Whole (non-streaming) replies also carry the request's own
+//!   simulated timeline: `x-sim-arrival-s` (since the pod started), `x-sim-queue-s`,
+//!   `x-sim-ttft-s`, `x-sim-e2e-s`, plus `x-sim-cached-tokens` and `x-sim-adapter-loaded` (0/1);
+//!   every reply has `x-pod: ip:port`.
 //! - Admin (HTTP, and the same as methods on [`Sim`] and [`SimAdmin`]):
 //!   `POST /__sim/pin` `{"waiting":50,"running":3,"kv":0.95,"running_adapters":["sql-lora"],
 //!   "waiting_adapters":[],"max_lora":2}` (every field optional) makes `/metrics` report those
@@ -519,7 +522,10 @@ async fn run_engine(shared: Arc<Shared>) {
         let Some(step) = step else {
             *lock(&shared.step_window) = None;
             shared.wake.notified().await;
-            t = t.max(shared.clock.now());
+            // Start at the arrival, not at the wake-up: the host's scheduling delay (magnified
+            // by 1 / time_scale) is no simulated queueing; absolute deadlines catch up.
+            let first = lock(&shared.engine).first_arrival();
+            t = t.max(first.unwrap_or_else(|| shared.clock.now()));
             continue;
         };
         let end = t + step.duration;
