@@ -293,6 +293,12 @@ pub struct InferenceFilter {
     routed: bool,
     /// The client asked for a stream.
     streaming: bool,
+    /// An inference request (routed or answered by the filter): its fields go to the access log.
+    inference: bool,
+    outcome: &'static str,
+    requested_model: Option<String>,
+    target_model: Option<String>,
+    endpoint: Option<String>,
     /// When the request headers arrived, and when the first response body byte did (ms).
     started_ms: u64,
     first_byte_ms: Option<u64>,
@@ -403,6 +409,11 @@ impl InferenceFilter {
             labels: Labels::default(),
             fail_open: false,
             routed: false,
+            inference: false,
+            outcome: "",
+            requested_model: None,
+            target_model: None,
+            endpoint: None,
             streaming: false,
             started_ms: 0,
             first_byte_ms: None,
@@ -410,8 +421,28 @@ impl InferenceFilter {
     }
 
     /// Count the request in `inference_router_requests_total` with its outcome.
-    fn count(&self, outcome: &'static str) {
+    fn count(&mut self, outcome: &'static str) {
+        self.outcome = outcome;
         self.state.count_request(self.labels, outcome);
+    }
+
+    /// The decision, for Envoy's access log: filter state `wasm.inference_router.<field>`
+    /// (`%FILTER_STATE(wasm.inference_router.model:PLAIN)%`). Set once, when the request ends.
+    fn publish_log_fields(&self) {
+        let fields = [
+            ("inference_router.outcome", Some(self.outcome)),
+            ("inference_router.model", self.requested_model.as_deref()),
+            (
+                "inference_router.target_model",
+                self.target_model.as_deref(),
+            ),
+            ("inference_router.endpoint", self.endpoint.as_deref()),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value {
+                self.set_property(vec![key], Some(value.as_bytes()));
+            }
+        }
     }
 
     /// Send an OpenAI-shaped error and stop the request here.
@@ -422,6 +453,7 @@ impl InferenceFilter {
             503 => "unavailable",
             _ => "rejected",
         });
+        self.inference = true;
         let body = openai::error_body(status as u16, kind, message);
         self.send_http_response(
             status,
@@ -458,6 +490,7 @@ impl InferenceFilter {
                     .map(String::as_str)
                     .unwrap_or_default();
                 self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+                self.endpoint = Some(endpoint.to_string());
                 if counted {
                     self.counted = Some((members, index));
                 }
@@ -477,7 +510,8 @@ impl InferenceFilter {
         }
     }
 
-    fn set_model_header(&self, model: &str) {
+    fn set_model_header(&mut self, model: &str) {
+        self.target_model = Some(model.to_string());
         // Envoy refuses header values with control characters; such a name simply goes without it.
         if model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
             self.set_http_request_header(MODEL_NAME_HEADER, Some(model));
@@ -497,6 +531,7 @@ impl InferenceFilter {
             .map(str::as_bytes)
             .or(fields.user.as_deref().map(str::as_bytes));
         let decision = decide_model(&state.config, &fields.model, session, state.random());
+        self.requested_model = Some(fields.model.to_string());
         // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
         let prompt: &[u8] = match (&fields.prompt_span, state.config.strategy.needs_prefix()) {
             (Some(span), true) => body.get(span.clone()).unwrap_or_default(),
@@ -570,6 +605,7 @@ impl InferenceFilter {
         }
         host::clear_route_cache();
         self.routed = true;
+        self.inference = true;
         self.streaming = fields.stream;
         self.count(if passthrough {
             "passthrough"
@@ -650,6 +686,9 @@ impl HttpContext for InferenceFilter {
     fn on_log(&mut self) {
         if let Some((members, i)) = self.counted.take() {
             members.counters.release(i);
+        }
+        if self.inference {
+            self.publish_log_fields();
         }
         if self.routed {
             let state = Rc::clone(&self.state);

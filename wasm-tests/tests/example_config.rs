@@ -128,4 +128,48 @@ async fn envoy_yaml_serves_the_canary_rollout() {
     assert_eq!(r.json().unwrap()["model"], "tiny-llama");
     let models = client.get("/v1/models", &[]).await.unwrap();
     assert_eq!(models.status, 200);
+
+    // The shipped access log: one JSON line per request with the plugin's decision. Envoy writes
+    // it when the request ends, so poll the log (bounded) rather than sleep.
+    let bad = client
+        .post("/v1/completions", r#"{"model":3}"#, &[])
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    let endpoints: HashSet<String> = pods.iter().map(|p| p.endpoint()).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = envoy
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let routed = lines.iter().find(|l| {
+            l["outcome"] == "routed"
+                && l["model"] == "lora-request"
+                && l["target_model"]
+                    .as_str()
+                    .is_some_and(|t| allowed.contains(t))
+                && l["endpoint"]
+                    .as_str()
+                    .is_some_and(|e| endpoints.contains(e))
+                && l["status"] == 200
+        });
+        let rejected = lines
+            .iter()
+            .find(|l| l["outcome"] == "rejected" && l["status"] == 400);
+        let passthrough = lines
+            .iter()
+            .find(|l| l["outcome"] == "passthrough" && l["model"] == "tiny-llama");
+        if routed.is_some() && rejected.is_some() && passthrough.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log lacks the plugin's fields: {:?}",
+            lines.iter().rev().take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

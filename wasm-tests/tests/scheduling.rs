@@ -253,6 +253,7 @@ async fn a_burst_spreads_over_equal_pods_instead_of_herding() {
     // even a uniformly random picker (σ = √(200·¼·¾) ≈ 6.1); a router that herds on the snapshot
     // it last read sends ≥ 100 of the burst to one pod.
     let counts = tally(&eps, &pods);
+    eprintln!("burst of {N}: {counts:?}");
     for (e, c) in eps.iter().zip(&counts) {
         assert!(
             (25..=75).contains(c),
@@ -299,27 +300,59 @@ async fn prefix_stack(n: usize) -> (Vec<Sim>, Vec<String>, Envoy) {
     (sims, eps, envoy)
 }
 
+/// The pods in `order` as indices of `eps`, for messages.
+fn indices(eps: &[String], order: &[String]) -> Vec<usize> {
+    order
+        .iter()
+        .map(|p| eps.iter().position(|e| e == p).unwrap())
+        .collect()
+}
+
+/// At least 27 of 30 (90%) on the pod the first went to.
+fn assert_one_pod(eps: &[String], pods: &[String], how: &str) {
+    let counts = tally(eps, pods);
+    let on_first = pods.iter().filter(|p| **p == pods[0]).count();
+    assert!(
+        on_first >= 27,
+        "30 prompts sharing a 4 KB prefix, {how}: {on_first} on {}, where the first went \
+         (want ≥ 27, 90%): {counts:?}; in order: {:?}",
+        pods[0],
+        indices(eps, pods)
+    );
+}
+
+fn shared_prefix_prompt(shared: &str, i: usize) -> String {
+    format!("{shared}\nQuestion {i}: what does line {i} say?")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_sharing_a_long_prefix_land_on_one_pod() {
+async fn requests_sharing_a_long_prefix_on_one_connection_land_on_one_pod() {
     let (_sims, eps, envoy) = prefix_stack(4).await;
     let shared = text(1, 4096);
-    let client = envoy.client().unwrap();
+    // One connection: one Envoy worker decides every request from its own prefix index.
+    let mut conn = KeepAlive::connect(envoy.addr().unwrap()).await;
     let mut pods = Vec::new();
     for i in 0..30 {
-        let prompt = format!("{shared}\nQuestion {i}: what does line {i} say?");
-        pods.push(prefix_request(&client, &prompt).await);
+        let body = completion_body(BASE, &shared_prefix_prompt(&shared, i), 2);
+        let r = conn.post("/v1/completions", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        pods.push(r.header("x-pod").unwrap().to_string());
     }
-    let counts = tally(&eps, &pods);
-    let top = *counts.iter().max().unwrap();
-    assert!(
-        top >= 27,
-        "30 prompts sharing a 4 KB prefix: at most {top} on one pod (want ≥ 27, 90%): {counts:?}; \
-         in order: {:?}",
-        pods.iter()
-            .map(|p| eps.iter().position(|e| e == p).unwrap())
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(pods[0], eps[counts.iter().position(|c| *c == top).unwrap()]);
+    assert_one_pod(&eps, &pods, "on one connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_a_long_prefix_each_on_a_new_connection_land_on_one_pod() {
+    let (_sims, eps, envoy) = prefix_stack(4).await;
+    let shared = text(2, 4096);
+    // What `curl` in a loop does: every request on a new connection, so Envoy hands them to
+    // either of its two workers, one right after the other.
+    let mut pods = Vec::new();
+    for i in 0..30 {
+        let client = envoy.client().unwrap();
+        pods.push(prefix_request(&client, &shared_prefix_prompt(&shared, i)).await);
+    }
+    assert_one_pod(&eps, &pods, "each on a new connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,21 +376,20 @@ async fn requests_with_different_prefixes_spread_over_pods() {
 async fn prefix_affinity_is_shared_between_envoy_workers() {
     let (_sims, eps, envoy) = prefix_stack(4).await;
     let shared = text(7, 4096);
-    let first = prefix_request(&envoy.client().unwrap(), &format!("{shared}\nQ0")).await;
+    let mut pods =
+        vec![prefix_request(&envoy.client().unwrap(), &shared_prefix_prompt(&shared, 0)).await];
     // Workers exchange what they learned every 100 ms; give it five periods.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Each request on a new connection: Envoy spreads connections over its two workers, so about
     // half of these are decided by the worker that did not route the first.
-    let mut pods = Vec::new();
-    for i in 1..=30 {
+    for i in 1..30 {
         let client = envoy.client().unwrap();
-        pods.push(prefix_request(&client, &format!("{shared}\nQ{i}")).await);
+        pods.push(prefix_request(&client, &shared_prefix_prompt(&shared, i)).await);
     }
-    let counts = tally(&eps, &pods);
-    let on_first = pods.iter().filter(|p| **p == first).count();
-    assert!(
-        on_first >= 27,
-        "{on_first} of 30 on {first}, where the prefix went first (want ≥ 27): {counts:?}"
+    assert_one_pod(
+        &eps,
+        &pods,
+        "the first 500 ms before the others, on new connections",
     );
 }
 

@@ -15,5 +15,7 @@ pub use paths::{inference_api, InferenceApi};
 pub use rewrite::{encode_json_string, model_prefix_replacement, rewrite_model};
 pub use scan::{scan_request, BodyError, RequestFields, MAX_DEPTH};
 pub use sse::{SseParser, SseProgress};
-pub use stream_usage::{request_usage_rewrite, UsageStripper, DEFAULT_HOLD_LIMIT};
+pub use stream_usage::{
+    request_usage_rewrite, request_usage_splice, UsageStripper, DEFAULT_HOLD_LIMIT,
+};
 pub use usage::{Usage, UsageScanner};

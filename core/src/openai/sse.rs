@@ -75,7 +75,7 @@ impl Sink for EventSink {
         }
         if v.depth == 1 {
             if let (Node::Usage, Some(key_at)) = (v.node, v.key_at) {
-                self.top_usages += 1;
+                self.top_usages = self.top_usages.saturating_add(1);
                 self.top_usage = Some(Member {
                     key_at,
                     end: end.end,
@@ -325,7 +325,7 @@ impl SseParser {
 
     /// A data line begins (its value starts after the colon and optional space).
     fn data_line(&mut self) {
-        self.data_lines += 1;
+        self.data_lines = self.data_lines.saturating_add(1);
         if self.data_lines > 1 {
             self.data(b"\n");
         }
@@ -388,7 +388,7 @@ impl SseParser {
             cut,
         };
 
-        progress.events += 1;
+        progress.events = progress.events.saturating_add(1);
         self.events += 1;
         if done {
             self.done = true;

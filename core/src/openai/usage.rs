@@ -394,7 +394,8 @@ pub(crate) mod tests {
                 1 => body.truncate(rng.below(body.len())),
                 2 => {
                     let at = rng.below(body.len());
-                    body.insert(at, b"{}[]\",:\\ \x00\xff0-e"[rng.below(15)]);
+                    let junk = b"{}[]\",:\\ \x00\xff0-e";
+                    body.insert(at, junk[rng.below(junk.len())]);
                 }
                 _ => {
                     let at = rng.below(body.len());

@@ -7,7 +7,10 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use wasm_tests::client::{Client, Reply};
 use wasm_tests::envoy::{Envoy, EnvoySpec};
 use wasm_tests::sim::{endpoints, start_sims, Pin, Sim, SimConfig};
@@ -325,4 +328,116 @@ pub async fn long_queue_is_avoided(collector: Option<Value>) {
         &[("pool", POOL), ("endpoint", busy)],
     );
     assert_eq!(picks, 0.0, "picks_total of {busy}");
+}
+
+// ---- One keep-alive connection -----------------------------------------------------------------
+
+/// An HTTP/1.1 client on exactly one connection, so every request is handled by the same Envoy
+/// worker. (The pooled client may open a second connection when a request follows a response
+/// before the first connection is back in its pool, and Envoy may give that one to another
+/// worker.)
+pub struct KeepAlive {
+    conn: BufReader<TcpStream>,
+    host: String,
+}
+
+/// Status, lower-cased headers and body of one response.
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        KeepAlive {
+            conn: BufReader::new(stream),
+            host: addr.to_string(),
+        }
+    }
+
+    pub async fn post(&mut self, path: &str, body: &str) -> RawReply {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let stream = self.conn.get_mut();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        tokio::time::timeout(PROMPT, self.read_response())
+            .await
+            .expect("a response within PROMPT")
+    }
+
+    async fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.conn.read_line(&mut line).await.unwrap();
+        assert!(n > 0, "connection closed before the response ended");
+        line.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    async fn read_response(&mut self) -> RawReply {
+        let status_line = self.line().await;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length") {
+            body.resize(len.parse::<usize>().unwrap(), 0);
+            self.conn.read_exact(&mut body).await.unwrap();
+        } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let size_line = self.line().await;
+                let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(size_hex, 16).unwrap();
+                let mut chunk = vec![0; size];
+                self.conn.read_exact(&mut chunk).await.unwrap();
+                body.extend_from_slice(&chunk);
+                self.line().await;
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        RawReply {
+            status,
+            headers,
+            body,
+        }
+    }
 }
