@@ -10,7 +10,7 @@ use crate::stats as host_stats;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use router_core::config::{Config, Criticality};
-use router_core::openai;
+use router_core::openai::{self, InferenceApi, SseParser, Usage, UsageScanner, UsageStripper};
 use router_core::request::{decide_model, ModelDecision};
 use router_core::scheduling::{
     self, endpoint_id, schedule, Candidate, Decision, PrefixIndex, Rng, SchedulingRequest,
@@ -295,6 +295,13 @@ pub struct InferenceFilter {
     streaming: bool,
     /// An inference request (routed or answered by the filter): its fields go to the access log.
     inference: bool,
+    api: Option<InferenceApi>,
+    /// We asked the server for stream usage the client did not ask for: strip it from the reply.
+    usage_injected: bool,
+    /// Reads token usage from the response as it passes (JSON, SSE, or SSE with our usage event
+    /// taken out); None until routed, or when the response is not readable (compressed).
+    usage: UsageReader,
+    usage_result: Option<Usage>,
     outcome: &'static str,
     requested_model: Option<String>,
     target_model: Option<String>,
@@ -302,6 +309,8 @@ pub struct InferenceFilter {
     /// When the request headers arrived, and when the first response body byte did (ms).
     started_ms: u64,
     first_byte_ms: Option<u64>,
+    /// When the first generated token arrived (streams).
+    first_token_ms: Option<u64>,
 }
 
 /// Label values for the request's stats, as indices into the configuration. Model labels are
@@ -410,6 +419,10 @@ impl InferenceFilter {
             fail_open: false,
             routed: false,
             inference: false,
+            api: None,
+            usage_injected: false,
+            usage: UsageReader::None,
+            usage_result: None,
             outcome: "",
             requested_model: None,
             target_model: None,
@@ -417,6 +430,7 @@ impl InferenceFilter {
             streaming: false,
             started_ms: 0,
             first_byte_ms: None,
+            first_token_ms: None,
         }
     }
 
@@ -510,6 +524,44 @@ impl InferenceFilter {
         }
     }
 
+    /// Change the body as little as needed: the model value (a prefix edit: Envoy's buffer API
+    /// replaces a prefix, so only the bytes up to the model value move) and, for a stream whose
+    /// client did not ask for usage, `stream_options.include_usage` so the server reports the
+    /// tokens (the extra usage event is taken out of the response again).
+    fn rewrite_body(&mut self, body: &[u8], fields: &openai::RequestFields, target: Option<&str>) {
+        let wants_usage = fields.stream
+            && matches!(
+                self.api,
+                Some(InferenceApi::Completions | InferenceApi::ChatCompletions)
+            );
+        let with_usage = if wants_usage {
+            openai::request_usage_rewrite(body)
+        } else {
+            None
+        };
+        let new_len = match (with_usage, target) {
+            (None, None) => return,
+            (None, Some(target)) => {
+                let span = fields.model_span.clone();
+                let prefix = openai::model_prefix_replacement(body, span.clone(), target);
+                self.set_http_request_body(0, span.end, &prefix);
+                body.len() - span.end + prefix.len()
+            }
+            (Some(new), target) => {
+                let new = match (target, openai::scan_request(&new)) {
+                    (Some(t), Ok(f)) => openai::rewrite_model(&new, f.model_span, t),
+                    _ => new,
+                };
+                self.set_http_request_body(0, body.len(), &new);
+                self.usage_injected = true;
+                new.len()
+            }
+        };
+        if self.had_content_length {
+            self.set_http_request_header("content-length", Some(&new_len.to_string()));
+        }
+    }
+
     fn set_model_header(&mut self, model: &str) {
         self.target_model = Some(model.to_string());
         // Envoy refuses header values with control characters; such a name simply goes without it.
@@ -566,6 +618,7 @@ impl InferenceFilter {
                 return self.reply(404, "NotFoundError", &msg);
             }
             ModelDecision::Passthrough { pool } => {
+                self.rewrite_body(body, &fields, None);
                 if let Some(pool) = pool {
                     let facts = RequestFacts {
                         target_model: &fields.model,
@@ -587,20 +640,8 @@ impl InferenceFilter {
                 if let Err(action) = self.route_to_pool(model.pool, &facts) {
                     return action;
                 }
-                match target {
-                    Some(target) => {
-                        let span = fields.model_span.clone();
-                        let prefix = openai::model_prefix_replacement(body, span.clone(), target);
-                        // Envoy's buffer API replaces a prefix: only the bytes up to the model value move.
-                        self.set_http_request_body(0, span.end, &prefix);
-                        if self.had_content_length {
-                            let len = body.len() - span.end + prefix.len();
-                            self.set_http_request_header("content-length", Some(&len.to_string()));
-                        }
-                        self.set_model_header(target);
-                    }
-                    None => self.set_model_header(&fields.model),
-                }
+                self.rewrite_body(body, &fields, target);
+                self.set_model_header(target.unwrap_or(&fields.model));
             }
         }
         host::clear_route_cache();
@@ -635,7 +676,8 @@ impl HttpContext for InferenceFilter {
         }
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        if openai::inference_api(&method, &path).is_none() {
+        self.api = openai::inference_api(&method, &path);
+        if self.api.is_none() {
             if removed {
                 host::clear_route_cache();
             }
@@ -675,15 +717,78 @@ impl HttpContext for InferenceFilter {
         self.on_full_body(&body)
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.routed && self.first_byte_ms.is_none() && body_size > 0 {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.routed {
+            return Action::Continue;
+        }
+        // A compressed body cannot be read as it passes; its tokens go uncounted.
+        let encoded = self
+            .get_http_response_header("content-encoding")
+            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        self.usage = match (encoded, self.streaming, self.usage_injected) {
+            (true, _, _) => UsageReader::None,
+            (false, false, _) => UsageReader::Json(UsageScanner::new()),
+            (false, true, false) => UsageReader::Sse(SseParser::new()),
+            (false, true, true) => {
+                // The body changes length: the client's copy must not announce the server's length.
+                self.set_http_response_header("content-length", None);
+                UsageReader::Strip(UsageStripper::new(), Vec::new())
+            }
+        };
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.routed {
+            return Action::Continue;
+        }
+        if self.first_byte_ms.is_none() && body_size > 0 {
             self.first_byte_ms = Some(host::now_ms());
         }
-        // Never buffered: each chunk goes on to the client as it came.
+        // Each chunk is read (and, when we added the usage event, filtered) as it passes; never
+        // buffered: what came goes on to the client now.
+        let chunk = if matches!(self.usage, UsageReader::None) || body_size == 0 {
+            None
+        } else {
+            self.get_http_response_body(0, body_size)
+        };
+        let mut replace = None;
+        match (&mut self.usage, chunk) {
+            (UsageReader::Json(scanner), Some(chunk)) => scanner.feed(&chunk),
+            (UsageReader::Sse(parser), Some(chunk)) => {
+                let progress = parser.feed(&chunk);
+                if progress.first_token && self.first_token_ms.is_none() {
+                    self.first_token_ms = Some(host::now_ms());
+                }
+            }
+            (UsageReader::Strip(stripper, out), chunk) => {
+                out.clear();
+                let progress = stripper.feed_progress(chunk.as_deref().unwrap_or_default(), out);
+                if progress.first_token && self.first_token_ms.is_none() {
+                    self.first_token_ms = Some(host::now_ms());
+                }
+                if end_of_stream {
+                    stripper.finish(out);
+                }
+                replace = Some(std::mem::take(out));
+            }
+            _ => {}
+        }
+        if let Some(bytes) = replace {
+            self.set_http_response_body(0, body_size, &bytes);
+            if let UsageReader::Strip(_, out) = &mut self.usage {
+                *out = bytes;
+            }
+        }
+        if end_of_stream {
+            self.finish_usage();
+        }
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        // A response cut short still counts what it reported.
+        self.finish_usage();
         if let Some((members, i)) = self.counted.take() {
             members.counters.release(i);
         }
@@ -698,18 +803,55 @@ impl HttpContext for InferenceFilter {
                 self.labels,
                 now.saturating_sub(self.started_ms),
             );
-            if let (true, Some(first)) = (self.streaming, self.first_byte_ms) {
+            // The first token when the stream shows one, else its first byte.
+            if let (true, Some(first)) =
+                (self.streaming, self.first_token_ms.or(self.first_byte_ms))
+            {
                 state.add(
                     Metric::TimeToFirstToken,
                     self.labels,
                     first.saturating_sub(self.started_ms),
                 );
+                let tokens = self.usage_result.map_or(0, |u| u.completion_tokens);
+                if tokens > 1 {
+                    let per_token = now.saturating_sub(first) / (tokens - 1);
+                    state.add(Metric::TimePerOutputToken, self.labels, per_token);
+                }
             }
         }
     }
 }
 
+/// How the response's token usage is read.
+enum UsageReader {
+    None,
+    Json(UsageScanner),
+    Sse(SseParser),
+    /// A stream with our injected usage event, taken out of what the client gets; the buffer is
+    /// reused for each chunk's filtered bytes.
+    Strip(UsageStripper, Vec<u8>),
+}
+
 impl InferenceFilter {
+    /// The response is over: count its tokens (once).
+    fn finish_usage(&mut self) {
+        let usage = match std::mem::replace(&mut self.usage, UsageReader::None) {
+            UsageReader::None => return,
+            UsageReader::Json(scanner) => scanner.finish(),
+            UsageReader::Sse(parser) => parser.usage(),
+            UsageReader::Strip(stripper, _) => stripper.parser().usage(),
+        };
+        let Some(usage) = usage else { return };
+        let state = Rc::clone(&self.state);
+        state.add(Metric::PromptTokens, self.labels, usage.prompt_tokens);
+        state.add(
+            Metric::CompletionTokens,
+            self.labels,
+            usage.completion_tokens,
+        );
+        self.usage_result = Some(usage);
+    }
+
     fn too_large(&mut self) -> Action {
         let max = self.state.config.max_request_body_bytes;
         let msg = format!("request body is larger than {max} bytes");

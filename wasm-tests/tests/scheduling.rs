@@ -15,7 +15,7 @@ use serde_json::json;
 use std::time::Duration;
 use wasm_tests::client::{Client, Reply};
 use wasm_tests::envoy::{Envoy, EnvoySpec};
-use wasm_tests::sim::{endpoints, Pin, Sim};
+use wasm_tests::sim::{endpoints, Pin, Sim, SimConfig};
 
 fn assert_openai_error(what: &str, r: &Reply, status: u16) {
     assert_eq!(r.status, status, "{what}: {}", r.text());
@@ -219,9 +219,18 @@ async fn sheddable_requests_go_only_to_pods_with_headroom() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_spreads_over_equal_pods_instead_of_herding() {
-    // Real-speed pods: 64 tokens take about a second, so the whole burst is in flight together
-    // and the router sees its own earlier picks (picks since the last scrape, in-flight counts).
-    let sims = sims(4, &slow_sim()).await;
+    // Slow decode steps (250 ms each): 4 tokens take about a second at the batch sizes of this
+    // burst, so the whole burst is in flight together and the router sees its own earlier picks
+    // (open picks since the last scrape, in-flight counts). Few steps keep the simulators' CPU
+    // low, so the collector's scrapes stay on time on a busy machine.
+    let sims = sims(
+        4,
+        &SimConfig {
+            base_itl_s: 0.25,
+            ..slow_sim()
+        },
+    )
+    .await;
     let eps = endpoints(&sims);
     let envoy = start_envoy(&config(&eps, "DEFAULT")).await;
     wait_all_up(&envoy, &eps).await;
@@ -230,16 +239,16 @@ async fn a_burst_spreads_over_equal_pods_instead_of_herding() {
 
     const N: usize = 200;
     let client = envoy.client().unwrap();
-    let replies = join_all((0..N).map(|_| {
+    let burst = join_all((0..N).map(|_| {
         let client = client.clone();
         tokio::spawn(async move {
             client
-                .post("/v1/completions", completion_body(BASE, "Say hi", 64), &[])
+                .post("/v1/completions", completion_body(BASE, "Say hi", 4), &[])
                 .await
                 .unwrap()
         })
-    }))
-    .await;
+    }));
+    let (replies, timeline) = with_gauge_timeline(&envoy, &eps, burst).await;
     let pods: Vec<String> = replies
         .into_iter()
         .map(|r| {
@@ -257,7 +266,8 @@ async fn a_burst_spreads_over_equal_pods_instead_of_herding() {
     for (e, c) in eps.iter().zip(&counts) {
         assert!(
             (25..=75).contains(c),
-            "{e} got {c} of {N} concurrent requests (want 25..=75): {counts:?}"
+            "{e} got {c} of {N} concurrent requests (want 25..=75): {counts:?}\n\
+             gauges during the burst:\n{timeline}"
         );
     }
 }

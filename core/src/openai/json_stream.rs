@@ -272,7 +272,7 @@ impl JsonScan {
                 Lex::Error => break,
                 Lex::Str => {
                     // Fast path: a run of plain ASCII needs no state.
-                    if self.utf8_need == 0 && !self.in_key {
+                    if self.utf8_need == 0 {
                         let rest = chunk.get(i..).unwrap_or_default();
                         let run = rest
                             .iter()
@@ -280,6 +280,7 @@ impl JsonScan {
                             .unwrap_or(rest.len());
                         if run > 0 {
                             self.nonempty = true;
+                            self.push_key(rest.get(..run).unwrap_or_default());
                             i += run;
                             continue;
                         }
@@ -338,6 +339,24 @@ impl JsonScan {
                     } else {
                         self.lex = Lex::Error;
                     }
+                }
+                Lex::Num(state @ (Num::Int | Num::Frac | Num::ExpInt)) if b.is_ascii_digit() => {
+                    // Fast path: the rest of a run of digits.
+                    let rest = chunk.get(i..).unwrap_or_default();
+                    let run = rest
+                        .iter()
+                        .position(|c| !c.is_ascii_digit())
+                        .unwrap_or(rest.len());
+                    if state == Num::Int {
+                        for &d in rest.get(..run).unwrap_or_default() {
+                            self.int = self
+                                .int
+                                .and_then(|n| n.checked_mul(10))
+                                .and_then(|n| n.checked_add(u64::from(d - b'0')));
+                        }
+                    }
+                    i += run;
+                    continue;
                 }
                 Lex::Num(state) => {
                     if !self.number_byte(state, b) {
@@ -676,6 +695,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::openai::usage::tests::Rng;
 
     #[derive(Default)]
     struct Log(Vec<String>);
@@ -855,6 +875,101 @@ mod tests {
         assert!(log
             .iter()
             .any(|l| l.starts_with("close PromptTokens") && l.ends_with("Some(4)")));
+    }
+
+    fn gen(rng: &mut Rng, depth: usize, out: &mut Vec<u8>) {
+        const ATOMS: &[&str] = &[
+            "0",
+            "-0",
+            "12",
+            "-3.25",
+            "1e5",
+            "2E-3",
+            "0.5e+2",
+            "true",
+            "false",
+            "null",
+            r#""""#,
+            r#""usage""#,
+            r#""a\"b\\c\/\n\u00e9\ud83d\ude00""#,
+            "\"\u{e9}\u{1F600}\"",
+        ];
+        const KEYS: &[&str] = &[
+            "usage",
+            "prompt_tokens",
+            "choices",
+            "delta",
+            "content",
+            "text",
+            "x",
+            "",
+            "us\\u0061ge",
+            "\u{e9}",
+        ];
+        let ws = |rng: &mut Rng, out: &mut Vec<u8>| {
+            if rng.below(4) == 0 {
+                out.extend_from_slice([" ", "\n", "\t", "\r\n "][rng.below(4)].as_bytes());
+            }
+        };
+        ws(rng, out);
+        match if depth > 3 { 0 } else { rng.below(3) } {
+            0 => out.extend_from_slice(ATOMS[rng.below(ATOMS.len())].as_bytes()),
+            1 => {
+                out.push(b'[');
+                for k in 0..rng.below(4) {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    gen(rng, depth + 1, out);
+                }
+                out.push(b']');
+            }
+            _ => {
+                out.push(b'{');
+                for k in 0..rng.below(4) {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    ws(rng, out);
+                    out.push(b'"');
+                    out.extend_from_slice(KEYS[rng.below(KEYS.len())].as_bytes());
+                    out.push(b'"');
+                    ws(rng, out);
+                    out.push(b':');
+                    gen(rng, depth + 1, out);
+                }
+                out.push(b'}');
+            }
+        }
+        ws(rng, out);
+    }
+
+    #[test]
+    fn differential_against_serde_json() {
+        let mut rng = Rng(0x5eed);
+        let mut valid = 0;
+        for round in 0..20_000 {
+            let mut doc = Vec::new();
+            gen(&mut rng, 0, &mut doc);
+            // Half the documents get one byte changed, inserted or removed.
+            if round % 2 == 1 && !doc.is_empty() {
+                let at = rng.below(doc.len());
+                let junk = b"{}[]\",:\\ \x00\x1f\x7f\x80\xc3\xff0e-.tnu";
+                match rng.below(3) {
+                    0 => doc[at] = junk[rng.below(junk.len())],
+                    1 => doc.insert(at, junk[rng.below(junk.len())]),
+                    _ => {
+                        doc.remove(at);
+                    }
+                }
+            }
+            let want = serde_json::from_slice::<serde_json::Value>(&doc).is_ok();
+            let pieces = rng.split(&doc);
+            let (got, _) = run(Schema::Event, &pieces);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&doc));
+            valid += usize::from(want);
+        }
+        assert!(valid > 11_000, "{valid}");
     }
 
     #[test]

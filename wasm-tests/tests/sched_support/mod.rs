@@ -197,6 +197,55 @@ pub async fn prometheus(envoy: &Envoy) -> Vec<Sample> {
     parse_prometheus(&envoy.admin_get("/stats/prometheus").await.unwrap())
 }
 
+/// Poll the per-endpoint gauges every 25 ms while `work` runs; returns its output and a
+/// timeline (one line per poll) to print when the outcome is not what was expected.
+pub async fn with_gauge_timeline<T>(
+    envoy: &Envoy,
+    endpoints: &[String],
+    work: impl std::future::Future<Output = T>,
+) -> (T, String) {
+    let admin = envoy.admin();
+    let eps = endpoints.to_vec();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(async move {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let start = Instant::now();
+        let mut lines = Vec::new();
+        loop {
+            let page = http
+                .get(format!("http://{admin}/stats/prometheus"))
+                .send()
+                .await;
+            if let Ok(page) = page {
+                let samples = parse_prometheus(&page.text().await.unwrap_or_default());
+                let mut line = format!("{:>5} ms", start.elapsed().as_millis());
+                for (i, e) in eps.iter().enumerate() {
+                    let l = [("pool", POOL), ("endpoint", e.as_str())];
+                    let v = |name| value(&samples, name, &l).unwrap_or(-1.0);
+                    line.push_str(&format!(
+                        " | {i}: up {} q {} run {} kv {} err {} picks {}",
+                        v(UP),
+                        v(QUEUE_SIZE),
+                        v(RUNNING),
+                        v(KV_PERMILLE),
+                        v(SCRAPE_ERRORS),
+                        v(PICKS)
+                    ));
+                }
+                lines.push(line);
+            }
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+        }
+        lines.join("\n")
+    });
+    let out = work.await;
+    let _ = stop_tx.send(());
+    (out, monitor.await.unwrap_or_default())
+}
+
 fn matches(s: &Sample, name: &str, labels: &[(&str, &str)]) -> bool {
     s.name == name
         && labels
