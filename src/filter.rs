@@ -384,7 +384,12 @@ impl Metric {
                     Metric::TimeToFirstToken => stats::TIME_TO_FIRST_TOKEN_MS,
                     _ => stats::TIME_PER_OUTPUT_TOKEN_MS,
                 };
-                stats::name_with_labels(base, &[("pool", pool), ("target_model", target)])
+                // `model` too, ahead of `target_model`: the `model` tag rule takes the leftmost
+                // `model=` (see `router_core::stats`), which must not be inside `target_model=`.
+                stats::name_with_labels(
+                    base,
+                    &[("pool", pool), ("model", model), ("target_model", target)],
+                )
             }
         };
         if self.is_histogram() {

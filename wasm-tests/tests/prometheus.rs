@@ -9,7 +9,7 @@
 //! - the alerts the stack can be driven into (saturation, shedding, a failing scrape, a full KV
 //!   cache) go pending or firing;
 //! - the Kubernetes scrape config's relabelling finds annotated pods and Istio proxies, and the
-//!   Istio stats matcher prefix of `examples/istio/stats.yaml` keeps the plugin's metrics.
+//!   Istio stats matcher regex of `examples/istio/stats.yaml` keeps the plugin's metrics.
 
 // Test helpers fail loudly: clippy.toml only exempts #[test] bodies themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -489,11 +489,13 @@ async fn kubernetes_relabelling_finds_annotated_pods_and_istio_proxies() {
     let sims: Vec<Sim> = start_sims(1, &fast_sim()).await.unwrap();
     let eps = endpoints(&sims);
     let sim = sims[0].addr();
-    // The gateway as an Istio proxy with examples/istio/stats.yaml's matcher prefix: only what
-    // it includes is kept (and `inference_router` alone would include nothing).
+    // The gateway as an Istio proxy with examples/istio/stats.yaml's matcher regex: only what it
+    // includes is kept (and a plain `inference_router` prefix would include nothing).
     let spec = EnvoySpec::plugin(&plugin_config(&eps));
-    let (envoy, _dir) = start_with_matcher(&spec, "wasmcustom.inference_router").await;
-    let (plain_prefix, _dir2) = start_with_matcher(&spec, "inference_router").await;
+    let matcher = json!({"safe_regex": {"regex": "wasmcustom\\..*inference_router_.*"}});
+    let (envoy, _dir) = start_with_matcher(&spec, matcher).await;
+    let (plain_prefix, _dir2) =
+        start_with_matcher(&spec, json!({"prefix": "inference_router"})).await;
     wait_gauge(&envoy, "inference_router_endpoint_up", &eps[0], 1.0).await;
     // Both collectors started together and scrape every 100 ms: the second one has too.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -686,14 +688,13 @@ async fn kubernetes_relabelling_finds_annotated_pods_and_istio_proxies() {
 
 /// The plugin's Envoy with `stats_config.stats_matcher` including only `prefix` (what Istio's
 /// `proxyStatsMatcher.inclusionPrefixes` generates).
-async fn start_with_matcher(spec: &EnvoySpec, prefix: &str) -> (Envoy, tempfile::TempDir) {
+async fn start_with_matcher(spec: &EnvoySpec, pattern: Value) -> (Envoy, tempfile::TempDir) {
     let dir = tempfile::Builder::new()
         .prefix("envoy-istio-")
         .tempdir()
         .unwrap();
     let mut bootstrap = spec.render(&dir.path().join("access.log")).unwrap();
-    bootstrap["stats_config"]["stats_matcher"] =
-        json!({"inclusion_list": {"patterns": [{"prefix": prefix}]}});
+    bootstrap["stats_config"]["stats_matcher"] = json!({"inclusion_list": {"patterns": [pattern]}});
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
     let envoy = Envoy::start_file(&path, dir.path()).await.unwrap();

@@ -1,6 +1,10 @@
-//! Metric names with labels, in the form Envoy's `stats_tags` turn into Prometheus labels:
-//! `name;.;label=.=value;.;label2=.=value2`. The shipped `envoy/` config has one tag rule per label
-//! (`(;\.;pool=\.=(.+?))(?:;\.;|$)`), the same mechanism as Istio's `extraStatTags`.
+//! Metric names with labels, in the form Envoy's `stats_tags` turn into Prometheus labels. The
+//! encoding is Istio's own, so Istio's `extraStatTags` work unchanged: each label as
+//! `label=.=value;.;`, then the metric name (`pool=.=P;.;model=.=M;.;inference_router_requests_total`).
+//! Envoy takes each label out with one rule per label, `(pool=\.=(.*?);\.;)` (shipped in `envoy/`),
+//! leaving the bare name. Envoy matches every rule against the whole name, so a name with
+//! `target_model` always has `model` before it: the `model` rule's leftmost match is then the model,
+//! never the tail of `target_model=`.
 
 pub const REQUESTS_TOTAL: &str = "inference_router_requests_total";
 pub const PROMPT_TOKENS_TOTAL: &str = "inference_router_prompt_tokens_total";
@@ -18,21 +22,26 @@ pub const ENDPOINT_UP: &str = "inference_router_endpoint_up";
 /// The labels every shipped `stats_tags` rule knows, in the order names carry them.
 pub const LABELS: [&str; 5] = ["pool", "model", "target_model", "endpoint", "outcome"];
 
-/// `name;.;k=.=v…`. Label values are cleaned of the separators (`;` and `=`), so a value can never
+/// `k=.=v;.;…name`. Label values are cleaned of the separators (`;` and `=`), so a value can never
 /// open a label of its own.
 pub fn name_with_labels(name: &str, labels: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(name.len() + labels.len() * 24);
-    out.push_str(name);
     for (k, v) in labels {
-        out.push_str(";.;");
         out.push_str(k);
         out.push_str("=.=");
         out.extend(
             v.chars()
                 .map(|c| if c == ';' || c == '=' { '_' } else { c }),
         );
+        out.push_str(";.;");
     }
+    out.push_str(name);
     out
+}
+
+/// The `stats_tags` regex that extracts `label`, as Istio generates it for `extraStatTags`.
+pub fn tag_regex(label: &str) -> String {
+    format!("({label}=\\.=(.*?);\\.;)")
 }
 
 #[cfg(test)]
@@ -48,11 +57,12 @@ mod tests {
                 ENDPOINT_QUEUE_SIZE,
                 &[("pool", "p"), ("endpoint", "10.0.0.1:8000")]
             ),
-            "inference_router_endpoint_queue_size;.;pool=.=p;.;endpoint=.=10.0.0.1:8000"
+            "pool=.=p;.;endpoint=.=10.0.0.1:8000;.;inference_router_endpoint_queue_size"
         );
         assert_eq!(
             name_with_labels("m", &[("model", "a;.;b=.=c")]),
-            "m;.;model=.=a_._b_._c"
+            "model=.=a_._b_._c;.;m"
         );
+        assert_eq!(tag_regex("pool"), r"(pool=\.=(.*?);\.;)");
     }
 }
