@@ -462,6 +462,18 @@ impl InferenceFilter {
                 self.set_property(vec![key], Some(value.as_bytes()));
             }
         }
+        if let Some(u) = self.usage_result {
+            let prompt = u.prompt_tokens.to_string();
+            let completion = u.completion_tokens.to_string();
+            self.set_property(
+                vec!["inference_router.prompt_tokens"],
+                Some(prompt.as_bytes()),
+            );
+            self.set_property(
+                vec!["inference_router.completion_tokens"],
+                Some(completion.as_bytes()),
+            );
+        }
     }
 
     /// Send an OpenAI-shaped error and stop the request here.

@@ -155,6 +155,9 @@ async fn envoy_yaml_serves_the_canary_rollout() {
                     .as_str()
                     .is_some_and(|e| endpoints.contains(e))
                 && l["status"] == 200
+                // The pods answer `max_tokens` (5) completion tokens.
+                && l["completion_tokens"] == "5"
+                && l["prompt_tokens"].as_str().is_some_and(|p| p.parse::<u64>().is_ok())
         });
         let rejected = lines
             .iter()
