@@ -59,9 +59,13 @@ struct DiscoveryTarget {
 /// What an outstanding HTTP call of the collector is for.
 enum Call {
     /// A metrics scrape of the endpoint with this address (its index may move with discovery).
+    /// `picks`: the endpoint's pick counter when the scrape was sent. Picks after that count as not
+    /// yet in the scraped numbers: a request picked while the page is on its way may be missing
+    /// from it, and counting it twice is the safer error (it spreads a burst, never herds it).
     Scrape {
         pool: usize,
         endpoint: String,
+        picks: u32,
     },
     Discovery {
         pool: usize,
@@ -221,9 +225,17 @@ impl Collector {
         ];
         match hostcalls::dispatch_http_call(&p.cluster, headers, None, vec![], p.timeout) {
             Ok(token) => {
+                let picks = p
+                    .counters
+                    .load()
+                    .picks
+                    .get(due.endpoint)
+                    .copied()
+                    .unwrap_or(0);
                 let call = Call::Scrape {
                     pool: due.pool,
                     endpoint: endpoint.clone(),
+                    picks,
                 };
                 self.calls.insert(token, call);
             }
@@ -250,11 +262,15 @@ impl Collector {
         body: Option<Vec<u8>>,
         now_ms: u64,
     ) {
-        let due = match self.calls.remove(&token) {
+        let (due, sent_picks) = match self.calls.remove(&token) {
             None => return,
             Some(Call::Discovery { pool }) => return self.on_discovery(pool, status, body, now_ms),
             // Members may have changed while the scrape ran: find the endpoint by address.
-            Some(Call::Scrape { pool, endpoint }) => {
+            Some(Call::Scrape {
+                pool,
+                endpoint,
+                picks,
+            }) => {
                 let Some(i) = self
                     .pools
                     .get(pool)
@@ -262,7 +278,7 @@ impl Collector {
                 else {
                     return;
                 };
-                Due { pool, endpoint: i }
+                (Due { pool, endpoint: i }, picks)
             }
         };
         let Some(p) = self.pools.get(due.pool) else {
@@ -277,14 +293,7 @@ impl Collector {
             (Some(200), Some(page)) => {
                 let scrape = parse_page(&page, &p.dialect);
                 if scrape.missing.is_empty() {
-                    let picks = p
-                        .counters
-                        .load()
-                        .picks
-                        .get(due.endpoint)
-                        .copied()
-                        .unwrap_or(0);
-                    self.state.succeeded(due, scrape.state, now_ms, picks);
+                    self.state.succeeded(due, scrape.state, now_ms, sent_picks);
                 } else {
                     log::warn!(
                         "scrape of {endpoint}: metrics missing from the page: {}",

@@ -45,6 +45,8 @@ pub struct MaxPicker {
     best: Option<usize>,
     score: f64,
     ties: usize,
+    /// Tie-break key of `best` (`offer_keyed`): the smallest wins.
+    key: u64,
 }
 
 impl Default for MaxPicker {
@@ -59,6 +61,21 @@ impl MaxPicker {
             best: None,
             score: f64::NEG_INFINITY,
             ties: 0,
+            key: u64::MAX,
+        }
+    }
+
+    /// Offer candidate `i` with `score`; a tie goes to the smallest `key`. With keys derived from
+    /// the request (e.g. its prompt's first block), every Envoy worker breaks the tie the same way,
+    /// so equal endpoints do not split requests that should stay together.
+    pub fn offer_keyed(&mut self, i: usize, score: f64, key: u64) {
+        if score > self.score + TIE {
+            self.best = Some(i);
+            self.score = score;
+            self.key = key;
+        } else if (score - self.score).abs() <= TIE && key < self.key {
+            self.best = Some(i);
+            self.key = key;
         }
     }
 
@@ -86,6 +103,22 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn keyed_ties_go_to_the_smallest_key_whatever_the_order() {
+        for order in [[0usize, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut p = MaxPicker::new();
+            for i in order {
+                let key = [30u64, 10, 20][i];
+                p.offer_keyed(i, 1.0, key);
+            }
+            assert_eq!(p.best(), Some(1));
+        }
+        let mut p = MaxPicker::new();
+        p.offer_keyed(0, 1.0, 5);
+        p.offer_keyed(1, 2.0, 9);
+        assert_eq!(p.best(), Some(1), "a higher score beats any key");
+    }
 
     #[test]
     fn round_robin_cycles() {

@@ -9,6 +9,7 @@ use super::picker::MaxPicker;
 use super::{scorers, PrefixIndex, Profile, Rng, Strategy};
 use crate::config::{Criticality, FailureMode};
 use crate::pool::EndpointState;
+use crate::rollout::mix64;
 
 /// What the target model is, for the LoRA-affinity scorer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,9 +281,23 @@ pub fn schedule(
     }
     let mut picker = MaxPicker::new();
     let mut guess = 0;
+    // PREFIX_CACHE breaks ties by the prompt's first block: every worker then sends the first
+    // requests of a new prefix to the same endpoint, before they have shared what they learned.
+    let tie_key = match (pass.prefix, request.prefix_hashes.first()) {
+        (Some(_), Some(&first)) => Some(first),
+        _ => None,
+    };
     for (i, c) in endpoints.iter().enumerate() {
         if let Some(s) = pass.eligible(c) {
-            picker.offer(i, pass.score(i, c, s, &mut guess).total, rng);
+            let total = pass.score(i, c, s, &mut guess).total;
+            match tie_key {
+                Some(k) => picker.offer_keyed(
+                    i,
+                    total,
+                    mix64(k ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                ),
+                None => picker.offer(i, total, rng),
+            }
         }
     }
     match picker.best() {
