@@ -544,16 +544,6 @@ def all_counters(admin):
     return values
 
 
-def host_requests(admin):
-    """Requests completed per host of the ORIGINAL_DST cluster (admin /clusters)."""
-    out = {}
-    for line in admin_get(admin, "/clusters").splitlines():
-        m = re.match(rf"^{POOL}::([0-9.]+:\d+)::rq_total::(\d+)$", line)
-        if m:
-            out[m.group(1)] = int(m.group(2))
-    return out
-
-
 def thread_cpu(pid):
     """On-CPU and runnable-but-waiting seconds of a process's threads, split main / workers / other.
 
@@ -598,6 +588,18 @@ def process_tree(pid):
             out += [int(c) for c in f.read().split()]
     except OSError:
         pass
+    return out
+
+
+def picks_per_endpoint(delta):
+    """The plugin's `inference_router_endpoint_picks_total` per endpoint, from a counter delta
+    (the cluster's own per-host counts would include the collector's scrapes)."""
+    out = {}
+    for name, v in delta.items():
+        if "inference_router_endpoint_picks_total" in name and v > 0:
+            m = re.search(r"endpoint=\.=([0-9.]+:\d+)", name)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0) + v
     return out
 
 
@@ -761,18 +763,16 @@ def cmd_run(a):
             k = (rnd - 1) % len(arms)
             for x in arms[k:] + arms[:k]:
                 c0 = all_counters(a.admin)
-                h0 = host_requests(a.admin) if x["plugin"] else {}
                 e0, n0, t0 = thread_cpu(a.envoy_pid), sched_seconds(nginx), time.monotonic()
                 res, raw = run_wrk(a, cpu_prefix, key, x, a.duration)
                 e1, n1, t1 = thread_cpu(a.envoy_pid), sched_seconds(nginx), time.monotonic()
                 c1 = all_counters(a.admin)
-                h1 = host_requests(a.admin) if x["plugin"] else {}
                 delta = {n: v - c0.get(n, 0) for n, v in c1.items() if v != c0.get(n, 0)}
                 check_run(x, label, rnd, res, delta, raw)
                 answered = delta[f"http.{x['name']}.downstream_rq_2xx"]
                 rps = res["requests"] / (res["duration_us"] / 1e6)
                 wall = t1 - t0
-                hosts = [h1[h] - h0.get(h, 0) for h in h1 if h1[h] - h0.get(h, 0) > 0]
+                hosts = list(picks_per_endpoint(delta).values())
                 r = {"body": key, "round": rnd, "arm": x["name"], "rps": rps,
                      "p50_ms": res["p50_us"] / 1000, "p99_ms": res["p99_us"] / 1000,
                      # Envoy's CPU per request it answered: a cost figure that other load on
@@ -781,6 +781,7 @@ def cmd_run(a):
                      "worker_us_per_req": (e1["worker"] - e0["worker"]) * 1e6 / answered,
                      "main_us_per_req": (e1["main"] - e0["main"]) * 1e6 / answered,
                      "envoy_busy_pct": (e1["total"] - e0["total"]) * 100 / wall,
+                     "main_busy_pct": (e1["main"] - e0["main"]) * 100 / wall,
                      "envoy_wait_pct": (e1["wait"] - e0["wait"]) * 100 / wall,
                      "nginx_wait_pct": (n1[1] - n0[1]) * 100 / wall,
                      "answered": answered, "upstream_2xx": delta.get(f"cluster.{x['cluster']}.upstream_rq_2xx", 0),
@@ -1050,8 +1051,8 @@ def section_strategies(results):
                              f"| {i['envoy_main_pct']:.0f}% | {per} | {i['nginx_pct']:.0f}% |")
         for r in sorted(runs, key=lambda r: (r["round"], arms.index(r["arm"]))):
             detail.append(f"| {n} | {r['round']} | {r['arm']} | {r['rps']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
-                          f"| {r['worker_us_per_req']:,.0f} | {r['cpu_us_per_req']:,.0f} | {r['envoy_wait_pct']:.0f} "
-                          f"| {r['hosts_used']} | {r['requests']:,} |")
+                          f"| {r['worker_us_per_req']:,.0f} | {r['cpu_us_per_req']:,.0f} | {r.get('main_busy_pct', 0):.0f} "
+                          f"| {r['envoy_wait_pct']:.0f} | {r['hosts_used']} | {r['requests']:,} |")
     s = settings
     interval = s.get("scrape_interval_ms") or 100
     mode = "quick (`BENCH_QUICK=1`)" if s["quick"] else "full"
@@ -1073,8 +1074,8 @@ measured apart, with no traffic, below. Medians over {s['rounds']} round(s) of {
 | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 {chr(10).join(rows)}
 
-"Endpoints used": how many of the pool's hosts in Envoy's `ORIGINAL_DST` cluster served requests in the
-median run (admin `/clusters`). "Plugin outcomes": `inference_router_requests_total` by outcome
+"Endpoints used": how many of the pool's endpoints the plugin picked in the median run (its
+`inference_router_endpoint_picks_total` counters). "Plugin outcomes": `inference_router_requests_total` by outcome
 (`failed_open` = picked without fresh metrics).
 
 The collector with no traffic (the stage's first {res['idle']['seconds']:.0f} s, after a {s['settle']} s settle):
@@ -1085,8 +1086,8 @@ The collector with no traffic (the stage's first {res['idle']['seconds']:.0f} s,
 {mode}, {s['date']}; wrk `-t{s['threads']} -c{s['connections']}`, {s['warmup']} s warm-up per arm; same machine,
 pinning and priorities as above.
 
-| endpoints | round | arm | req/s | p50 ms | p99 ms | worker µs/req | whole µs/req | Envoy waited % | endpoints used | requests |
-| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| endpoints | round | arm | req/s | p50 ms | p99 ms | worker µs/req | whole µs/req | main thread busy % | Envoy waited % | endpoints used | requests |
+| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(detail)}
 """
 

@@ -1165,7 +1165,16 @@ async fn test_pods_serve_pinned_and_failing_metrics_too() {
         let client = client.clone_for_test();
         tokio::spawn(async move { client.get("/metrics", &[]).await.unwrap() })
     };
-    pod.wait_for_requests(7, PROMPT).await.unwrap();
+    // The hung scrape has arrived (scrapes are counted apart from served requests).
+    let deadline = Instant::now() + PROMPT;
+    while pod.scrape_count() < 7 {
+        assert!(
+            Instant::now() < deadline,
+            "scrapes seen: {}",
+            pod.scrape_count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(!hung.is_finished());
     pod.set_metrics_fail(MetricsFail::Ok);
     assert_eq!(
