@@ -59,6 +59,7 @@ run: build envoy
 
 bench: build envoy
 	bash wasm-tests/bench/run.sh
+	bash wasm-tests/bench/core.sh
 
 clean:
 	cargo clean
