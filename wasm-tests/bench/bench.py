@@ -339,8 +339,12 @@ def clusters(backend):
         # Named after the pool: the plugin's pool name is also its cluster name. A long
         # cleanup_interval keeps the hosts (and their upstream connections) while other arms run:
         # the default 5 s would make every run start by reconnecting, an artifact of alternation.
+        # Circuit breakers raised: with 512 pods the worker keeps a connection per pod and the
+        # collector another, past Envoy's default of 1,024 connections per cluster.
         {"name": POOL, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
          "cleanup_interval": "300s",
+         "circuit_breakers": {"thresholds": [{"max_connections": 65536, "max_pending_requests": 65536,
+                                              "max_requests": 65536}]},
          "original_dst_lb_config": {"use_http_header": True, "http_header_name": DEST_HEADER}},
     ]
 
