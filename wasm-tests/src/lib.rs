@@ -6,6 +6,7 @@ pub mod addr;
 pub mod client;
 pub mod envoy;
 pub mod pod;
+pub mod schedbench;
 pub mod sim;
 pub mod stack;
 pub mod stats;

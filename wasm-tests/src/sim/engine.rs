@@ -652,3 +652,113 @@ impl Engine {
         }));
     }
 }
+
+/// What a router with perfect, instant knowledge of this pod sees for one candidate request: the
+/// benchmark's oracle (`wasm_tests::schedbench::oracle`) turns it into an expected cost.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    pub running: usize,
+    pub waiting: usize,
+    /// Tokens the waiting requests still have to prefill (their own cache hits not subtracted).
+    pub waiting_tokens: u64,
+    /// KV blocks the waiting requests need when admitted.
+    pub waiting_blocks: u64,
+    pub free_blocks: u32,
+    pub usable_blocks: u32,
+    /// Prompt tokens of the candidate found in this pod's prefix cache now.
+    pub cached_tokens: u32,
+    /// The candidate's adapter is in the running batch / in a GPU slot.
+    pub adapter_active: bool,
+    pub adapter_resident: bool,
+    /// The candidate's adapter cannot join the batch before an active adapter's requests drain.
+    pub adapter_blocked: bool,
+    /// If blocked: simulated seconds until the first active adapter's running requests finish.
+    pub adapter_wait_s: f64,
+    /// Tokens still to decode, summed over running requests.
+    pub running_remaining_tokens: u64,
+    /// Adapters of the running batch and of the waiting queue (sorted, distinct).
+    pub active: Vec<usize>,
+    pub waiting_adapters: Vec<usize>,
+    pub max_loras: usize,
+}
+
+impl Engine {
+    /// The pod's exact state as the oracle sees it for a request of `adapter` with `hashes`.
+    pub(crate) fn probe(&self, adapter: Option<usize>, hashes: &[u64], prompt_len: u32) -> Probe {
+        let bs = self.cfg.block_size.max(1);
+        let step_s = self.cfg.base_itl_s
+            * (1.0 + self.cfg.itl_growth * (self.running.len().max(1) as f64 - 1.0));
+        let active = self.active_adapters();
+        let max = (prompt_len.saturating_sub(1) / bs) as usize;
+        let cached_blocks = if self.cfg.enable_prefix_caching {
+            hashes
+                .iter()
+                .take(max)
+                .take_while(|h| self.pool.cached.contains_key(h))
+                .count()
+        } else {
+            0
+        };
+        let (adapter_active, adapter_resident, adapter_blocked) = match adapter {
+            None => (true, true, false),
+            Some(a) => {
+                let act = active.contains(&a);
+                (
+                    act,
+                    self.resident.contains(&a),
+                    !act && active.len() >= self.cfg.max_loras as usize,
+                )
+            }
+        };
+        let adapter_wait_s = if adapter_blocked {
+            active
+                .iter()
+                .map(|a| {
+                    self.running
+                        .iter()
+                        .filter(|r| r.adapter == Some(*a))
+                        .map(|r| r.max_tokens.saturating_sub(r.output))
+                        .max()
+                        .unwrap_or(0)
+                })
+                .min()
+                .map_or(0.0, |t| f64::from(t) * step_s)
+        } else {
+            0.0
+        };
+        Probe {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            waiting_tokens: self
+                .waiting
+                .iter()
+                .map(|r| u64::from(r.known() - r.computed))
+                .sum(),
+            waiting_blocks: self
+                .waiting
+                .iter()
+                .map(|r| self.blocks_for(r.known()) as u64)
+                .sum(),
+            free_blocks: self.pool.num_free(),
+            usable_blocks: self.pool.usable,
+            cached_tokens: cached_blocks as u32 * bs,
+            adapter_active,
+            adapter_resident,
+            adapter_blocked,
+            adapter_wait_s,
+            running_remaining_tokens: self
+                .running
+                .iter()
+                .map(|r| u64::from(r.max_tokens.saturating_sub(r.output)))
+                .sum(),
+            waiting_adapters: {
+                let mut w: Vec<usize> = self.waiting.iter().filter_map(|r| r.adapter).collect();
+                w.sort_unstable();
+                w.dedup();
+                w
+            },
+            active,
+            max_loras: self.cfg.max_loras as usize,
+        }
+    }
+}

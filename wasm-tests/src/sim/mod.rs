@@ -27,6 +27,7 @@ mod http;
 pub mod metrics;
 mod openai;
 
+pub use engine::Probe;
 pub use metrics::PinnedMetrics;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -540,6 +541,14 @@ async fn run_engine(shared: Arc<Shared>) {
     }
 }
 
+/// See [`Sim::request_key`].
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub adapter: Option<usize>,
+    pub hashes: Vec<u64>,
+    pub prompt_len: u32,
+}
+
 /// A running simulated pod. Dropping it stops the server, the engine and every connection.
 pub struct Sim {
     shared: Arc<Shared>,
@@ -667,6 +676,26 @@ impl Sim {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The key under which this pod's engine knows a completions request: its adapter index, the
+    /// chain hashes of its prompt's full blocks and its prompt tokens (as `POST /v1/completions`
+    /// with a string prompt would compute them). Every pod with the same configuration gives the
+    /// same key, so the benchmark's oracle computes it once per request.
+    pub fn request_key(&self, model: &str, prompt: &str) -> RequestKey {
+        let cfg = &self.shared.cfg;
+        let adapter = cfg.adapters.iter().position(|a| a == model);
+        let prompt_len = u32::try_from(prompt.len().div_ceil(4).max(1)).unwrap_or(u32::MAX);
+        RequestKey {
+            adapter,
+            hashes: engine::block_hashes(prompt.as_bytes(), prompt_len, cfg.block_size, adapter),
+            prompt_len,
+        }
+    }
+
+    /// The engine's exact state now, as seen for the request `key` (the benchmark's oracle).
+    pub fn probe(&self, key: &RequestKey) -> Probe {
+        lock(&self.shared.engine).probe(key.adapter, &key.hashes, key.prompt_len)
     }
 
     /// An HTTP admin client for this pod (what a benchmark would use for a `vllm-sim` process).
