@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# make bench: the proxy cost of the inference-router plugin, its floor, and its strategies.
+# make bench: the inference-router plugin's proxy cost, its scheduling quality, its collector's cost.
 #
 # 1. The core's micro-benchmarks (its ignored tests: Prometheus parse, scheduling at 8/64/512).
 # 2. One nginx serving as the backend and as N simulated pods on N loopback addresses.
 # 3. One Envoy per stage, each with one listener per arm, driven by wrk in alternation:
 #      main     plain / noop (the floor: pause + buffer + continue) / plugin; 2 KB and 200 KB bodies
-#      poolN    plain / ROUND_ROBIN / LEAST_REQUEST / DEFAULT (+ collector) over N = 8, 64, 512 pods
-# The medians go to docs/benchmarks.md, between the generated sections' markers.
+#      poolN    plain / ROUND_ROBIN / RANDOM / LEAST_REQUEST / DEFAULT / PREFIX_CACHE (the last two
+#               with the collector) over N = 8, 64, 512 pods; the collector alone with no traffic
+# 4. sched: scheduling quality, every strategy × three workloads against 8 simulated vLLM pods
+#    (`sched-bench`, wasm-tests/src/schedbench), round-robin and an oracle as references.
+# The results go to docs/benchmarks.md, between the generated sections' markers, plots to docs/bench/.
 #
 # Run from the repo root after `make build` (needs dist/inference_router.wasm
 # and .venv/bin/envoy):  bash wasm-tests/bench/run.sh
@@ -31,7 +34,7 @@ NOOP_WASM=$NOOP_TARGET/wasm32-wasip1/release/bench_noop_filter.wasm
 # The page every simulated pod serves at /metrics: the shared real-vLLM fixture (the core's tests
 # read the same file).
 METRICS_PAGE=${BENCH_METRICS_PAGE:-$ROOT/../shared/fixtures/vllm-0.32-cpu/metrics-idle.txt}
-STAGES=${BENCH_STAGES:-main pool8 pool64 pool512}
+STAGES=${BENCH_STAGES:-main pool8 pool64 pool512 sched}
 START=$SECONDS
 
 # Loopback only. A dedicated 127.0.0.21 keeps clear of `make run` (127.0.0.1:8080/9901); the
@@ -43,11 +46,16 @@ ADMIN_PORT=18099
 MAX_ARMS=8
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-  MAIN=(--rounds 2 --duration 3 --warmup 2) POOLS=(--rounds 1 --duration 3 --warmup 1 --idle 2 --settle 1)
+  # < 3 minutes: short rounds, the smallest and largest pools, a reduced scheduling matrix.
+  MAIN=(--rounds 2 --duration 2 --warmup 1) POOLS=(--rounds 1 --duration 2 --warmup 1 --idle 2 --settle 1)
   QUICK_FLAG=--quick
+  STAGES=${BENCH_STAGES:-main pool8 pool512 sched}
+  SCHED=(--quick --workloads zipf,prefix --strategies round-robin,DEFAULT,PREFIX_CACHE,oracle)
+  : "${BENCH_MICRO:=0}"
 else
-  MAIN=(--rounds 5 --duration 8 --warmup 3) POOLS=(--rounds 3 --duration 5 --warmup 2 --idle 4 --settle 2)
+  MAIN=(--rounds 4 --duration 8 --warmup 2) POOLS=(--rounds 3 --duration 4 --warmup 1 --idle 4 --settle 2)
   QUICK_FLAG=
+  SCHED=()
 fi
 THREADS=1 CONNECTIONS=16
 
@@ -57,8 +65,13 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 [[ -x $ENVOY ]] || die "$ENVOY is missing; the Makefile's venv step installs it"
 command -v python3 >/dev/null || die "python3 is needed"
 for stage in $STAGES; do
-  [[ $stage == main || $stage =~ ^pool[0-9]+$ ]] || die "unknown stage $stage in BENCH_STAGES (main, pool8, pool64, pool512)"
-  [[ $stage == main || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
+  [[ $stage == main || $stage == sched || $stage =~ ^pool[0-9]+$ ]] \
+    || die "unknown stage $stage in BENCH_STAGES (main, pool8, pool64, pool512, sched)"
+  [[ $stage != pool* || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
+done
+RUN_SCHED=0 ENVOY_STAGES=""
+for stage in $STAGES; do
+  if [[ $stage == sched ]]; then RUN_SCHED=1; else ENVOY_STAGES+="$stage "; fi
 done
 POOL_MAX=0
 for stage in $STAGES; do
@@ -93,16 +106,21 @@ command -v wrk >/dev/null && command -v nginx >/dev/null && [[ -f $ECHO_MODULE ]
   || die "could not install wrk / nginx / the nginx echo module"
 
 # Every port must be free: a leftover process would be measured instead of ours.
-for port in $BACKEND_PORT $(seq $BASE_PORT $((BASE_PORT + MAX_ARMS - 1))) $ADMIN_PORT; do
+[[ -n $ENVOY_STAGES ]] && for port in $BACKEND_PORT $(seq $BASE_PORT $((BASE_PORT + MAX_ARMS - 1))) $ADMIN_PORT; do
   if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
     die "$HOST:$port is already in use (a previous bench still running?)"
   fi
 done
 
-# --- 2. the floor filter (its own workspace, built into target/bench-noop-filter)
+# --- 2. the floor filter (its own workspace, built into target/bench-noop-filter) and the
+# scheduling bench's load generator + simulator
 echo "bench: building the noop floor filter (wasm-tests/bench/noop-filter)"
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path $HERE/noop-filter/Cargo.toml \
   --target-dir "$NOOP_TARGET" || die "the noop filter did not build"
+if ((RUN_SCHED)); then
+  echo "bench: building sched-bench (cargo build --release -p wasm-tests --bin sched-bench)"
+  cargo build --quiet --release -p wasm-tests --bin sched-bench || die "sched-bench did not build"
+fi
 
 # --- 3. work dir, processes and their cleanup
 WORK=$(mktemp -d /tmp/inference-router-bench.XXXXXX)
@@ -153,7 +171,12 @@ if [[ ${BENCH_PIN:-1} == 1 ]] && (($(nproc) >= 2)) && command -v taskset >/dev/n
 fi
 
 # --- 5. nginx: the backend, and the simulated pods on their own addresses
+NGINX_PID=""
+if [[ -n $ENVOY_STAGES ]]; then
 cp "$METRICS_PAGE" "$WORK/metrics.txt" 2>/dev/null || : >"$WORK/metrics.txt"
+# nginx's workers drop to an unprivileged user when started as root: they must be able to read
+# the page (mktemp makes the directory 0700).
+chmod 755 "$WORK" && chmod 644 "$WORK/metrics.txt"
 python3 $HERE/bench.py gen-nginx --dir "$WORK" --backend $HOST:$BACKEND_PORT --echo-module "$ECHO_MODULE" \
   --metrics-page "$WORK/metrics.txt" --pool-addresses $POOL_MAX
 mkdir -p "$WORK/nginx-body"
@@ -162,11 +185,12 @@ nginx -t -q -p "$WORK" -c "$WORK/nginx.conf" || die "nginx rejected the generate
 NGINX_PID=$!
 PIDS+=($NGINX_PID)
 python3 $HERE/bench.py wait --name nginx --pid $NGINX_PID --tcp $HOST:$BACKEND_PORT
+fi
 
 # --- 6. the stages: one Envoy each
-echo "bench: stages: $STAGES; wrk -t$THREADS -c$CONNECTIONS" \
+[[ -n $ENVOY_STAGES ]] && echo "bench: stages: $ENVOY_STAGES; wrk -t$THREADS -c$CONNECTIONS" \
   "${WRK_CPUS:+(wrk+nginx on CPU $WRK_CPUS, Envoy on CPU $ENVOY_CPUS)}"
-for stage in $STAGES; do
+for stage in $ENVOY_STAGES; do
   python3 $HERE/bench.py gen-stage --dir "$WORK" --stage "$stage" --wasm "$WASM" --noop-wasm "$NOOP_WASM" \
     --host $HOST --admin-port $ADMIN_PORT --base-port $BASE_PORT --backend $HOST:$BACKEND_PORT \
     --extra "${BENCH_EXTRA_WASM:-}" ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"}
@@ -186,6 +210,13 @@ for stage in $STAGES; do
   unset 'PIDS[${#PIDS[@]}-1]'
 done
 
-# --- 7. report
+# --- 7. scheduling quality: its own Envoys and simulated pods (nginx is not involved)
+if ((RUN_SCHED)); then
+  [[ -n $NGINX_PID ]] && { kill "$NGINX_PID" 2>/dev/null || true; }
+  echo "bench: scheduling quality: target/release/sched-bench --out $WORK/sched.json ${SCHED[*]}"
+  target/release/sched-bench --out "$WORK/sched.json" "${SCHED[@]}" || die "sched-bench failed"
+fi
+
+# --- 8. report
 python3 $HERE/bench.py report --dir "$WORK" --doc "$DOC"
 echo "bench: done in $((SECONDS - START)) s"

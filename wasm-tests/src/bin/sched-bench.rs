@@ -31,6 +31,9 @@ struct Args {
     time_scale: Option<f64>,
     scrape_ms: Option<u64>,
     scheduling: Option<serde_json::Value>,
+    prefix_rate: Option<f64>,
+    concurrency: Option<usize>,
+    prompts: Option<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -42,6 +45,9 @@ fn parse_args() -> Result<Args> {
         time_scale: None,
         scrape_ms: None,
         scheduling: None,
+        prefix_rate: None,
+        concurrency: None,
+        prompts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +66,10 @@ fn parse_args() -> Result<Args> {
             "--scrape-ms" => a.scrape_ms = Some(value()?.parse()?),
             // Extra plugin `scheduling` fields as JSON, e.g. '{"scorers":{"loraAffinity":4}}'.
             "--scheduling" => a.scheduling = Some(serde_json::from_str(&value()?)?),
+            // Workload sizes: (b)'s arrival rate, (a)/(c)'s concurrency and prompts.
+            "--prefix-rate" => a.prefix_rate = Some(value()?.parse()?),
+            "--concurrency" => a.concurrency = Some(value()?.parse()?),
+            "--prompts" => a.prompts = Some(value()?.parse()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -95,17 +105,27 @@ async fn main() -> Result<()> {
         Scale {
             random_prompts: 160,
             random_concurrency: 80,
-            prefix_groups: 30,
-            prefix_rate: 8.0,
+            prefix_groups: 40,
+            prefix_rate: 20.0,
         }
     } else {
         Scale {
             random_prompts: 600,
             random_concurrency: 200,
             prefix_groups: 150,
-            prefix_rate: 12.0,
+            prefix_rate: 20.0,
         }
     };
+    let mut scale = scale;
+    if let Some(r) = args.prefix_rate {
+        scale.prefix_rate = r;
+    }
+    if let Some(c) = args.concurrency {
+        scale.random_concurrency = c;
+    }
+    if let Some(n) = args.prompts {
+        scale.random_prompts = n;
+    }
     let adapters = adapters();
     let mut results = Vec::new();
     let started = Instant::now();

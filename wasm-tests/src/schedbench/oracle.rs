@@ -12,6 +12,7 @@ struct InTransit {
     tokens: u64,
     blocks: u64,
     adapter: Option<usize>,
+    hashes: std::sync::Arc<Vec<u64>>,
 }
 
 pub struct Oracle {
@@ -52,6 +53,7 @@ impl Oracle {
             tokens: u64::from(key.prompt_len),
             blocks: (u64::from(key.prompt_len) + u64::from(max_tokens)).div_ceil(bs),
             adapter: key.adapter,
+            hashes: std::sync::Arc::new(key.hashes.clone()),
         });
         i
     }
@@ -64,7 +66,25 @@ impl Oracle {
         let ahead_tokens = p.waiting_tokens + transit.iter().map(|t| t.tokens).sum::<u64>();
         let ahead_blocks = p.waiting_blocks + transit.iter().map(|t| t.blocks).sum::<u64>();
         let queued = p.waiting + transit.len();
-        let own_tokens = u64::from(key.prompt_len.saturating_sub(p.cached_tokens));
+        // Prefix: what the cache holds now, or will hold once a request already there (or on
+        // its way) has computed the shared blocks.
+        let max_blocks = (key.prompt_len.saturating_sub(1) / c.block_size.max(1)) as usize;
+        let in_transit_blocks = transit
+            .iter()
+            .map(|t| {
+                t.hashes
+                    .iter()
+                    .zip(key.hashes.iter().take(max_blocks))
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0) as u32;
+        let cached = p
+            .cached_tokens
+            .max(p.pending_prefix_tokens)
+            .max(in_transit_blocks * c.block_size);
+        let own_tokens = u64::from(key.prompt_len.saturating_sub(cached));
         // Prefill of everything ahead and of the request itself.
         let prefill_s = (ahead_tokens + own_tokens) as f64 / c.prefill_tokens_per_s;
         let batch = (p.running + queued + 1) as f64;
@@ -72,7 +92,7 @@ impl Oracle {
         // KV blocks short once the queue ahead is admitted: wait for running requests to free
         // them, at the pod's decode pace.
         let need = (u64::from(key.prompt_len) + u64::from(max_tokens)).div_ceil(bs)
-            - u64::from(p.cached_tokens) / bs;
+            - u64::from(cached) / bs;
         let short = (ahead_blocks + need).saturating_sub(u64::from(p.free_blocks));
         let kv_wait_s = if short > 0 && p.running > 0 {
             let per_request = p.running_remaining_tokens as f64 / p.running as f64;
@@ -111,6 +131,13 @@ impl Oracle {
                 }
             }
         };
-        prefill_s + kv_wait_s + seq_wait_s + adapter_s + f64::from(max_tokens) * step_s
+        let own = prefill_s + kv_wait_s + seq_wait_s + adapter_s + f64::from(max_tokens) * step_s;
+        // What the request costs the others there: its prefill stalls every running and queued
+        // request's next step, and each step it is in is longer for all of them.
+        let others = (p.running + queued) as f64;
+        let externality = others
+            * (own_tokens as f64 / c.prefill_tokens_per_s
+                + f64::from(max_tokens) * c.base_itl_s * c.itl_growth);
+        own + externality
     }
 }

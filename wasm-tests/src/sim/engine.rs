@@ -667,6 +667,9 @@ pub struct Probe {
     pub usable_blocks: u32,
     /// Prompt tokens of the candidate found in this pod's prefix cache now.
     pub cached_tokens: u32,
+    /// Prompt tokens of the candidate shared with a request running or waiting here: cached once
+    /// that request's prefill has computed them.
+    pub pending_prefix_tokens: u32,
     /// The candidate's adapter is in the running batch / in a GPU slot.
     pub adapter_active: bool,
     pub adapter_resident: bool,
@@ -742,6 +745,20 @@ impl Engine {
             free_blocks: self.pool.num_free(),
             usable_blocks: self.pool.usable,
             cached_tokens: cached_blocks as u32 * bs,
+            pending_prefix_tokens: self
+                .running
+                .iter()
+                .chain(self.waiting.iter())
+                .map(|r| {
+                    r.hashes
+                        .iter()
+                        .zip(hashes.iter().take(max))
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                })
+                .max()
+                .unwrap_or(0) as u32
+                * bs,
             adapter_active,
             adapter_resident,
             adapter_blocked,
