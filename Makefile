@@ -57,9 +57,10 @@ test: setup lint unit-test wasm-unit-test e2e-test
 run: build envoy
 	cargo run --release -p wasm-tests --bin local-stack
 
+# Proxy cost, scheduling quality and collector cost into docs/benchmarks.md (< 20 min;
+# BENCH_QUICK=1 for a < 3 min smoke run). Knobs: the header of wasm-tests/bench/run.sh.
 bench: build envoy
 	bash wasm-tests/bench/run.sh
-	bash wasm-tests/bench/core.sh
 
 clean:
 	cargo clean

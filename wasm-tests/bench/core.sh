@@ -4,7 +4,7 @@
 # the same code the wasm module runs). Writes its own section of docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-doc=docs/benchmarks.md
+doc=${DOC:-docs/benchmarks.md}   # run.sh passes BENCH_DOC
 out=$(cargo test --release -q -p inference-router-core -- --ignored --nocapture --test-threads=1 2>/dev/null \
   | grep -oE '(parse_page\(|schedule (DEFAULT|PREFIX)|hash_prompt |record [0-9]).*' || true)
 if [ -z "$out" ]; then

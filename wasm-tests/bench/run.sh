@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: the inference-router plugin's proxy cost, its scheduling quality, its collector's cost.
 #
-# 1. The core's micro-benchmarks (its ignored tests: Prometheus parse, scheduling at 8/64/512).
+# 1. The core's micro-benchmarks (core.sh: Prometheus parse, scheduling at 8/64/512 endpoints).
 # 2. One nginx serving as the backend and as N simulated pods on N loopback addresses.
 # 3. One Envoy per stage, each with one listener per arm, driven by wrk in alternation:
 #      main     plain / noop (the floor: pause + buffer + continue) / plugin; 2 KB and 200 KB bodies
@@ -20,7 +20,8 @@
 #        BENCH_SCRAPE_MS=n (DEFAULT's metrics.intervalMs; default: the plugin's, 100),
 #        BENCH_NICE=n (niceness for the bench processes, default -10),
 #        BENCH_KEEP=1 (keep the temp dir with configs, logs and raw results),
-#        BENCH_DOC=path (write the report there instead of docs/benchmarks.md).
+#        BENCH_DOC=path (write the report there instead of docs/benchmarks.md),
+#        BENCH_HOST=ip (the loopback address of the backend and listeners, default 127.0.0.21).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,7 +40,7 @@ START=$SECONDS
 
 # Loopback only. A dedicated 127.0.0.21 keeps clear of `make run` (127.0.0.1:8080/9901); the
 # simulated pods are 127.0.200.1, .2, ... (bench.py `pool_addresses`).
-HOST=127.0.0.21
+HOST=${BENCH_HOST:-127.0.0.21}   # BENCH_HOST: run beside another bench
 BACKEND_PORT=18080
 BASE_PORT=18081   # one listener per arm: 18081, 18082, ...
 ADMIN_PORT=18099
@@ -147,12 +148,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # run the EXIT trap on Ctrl-C too
 
-# --- 4. the core's micro-benchmarks (before anything is measured: the build would disturb it)
+# --- 4. the core's micro-benchmarks (before anything is measured: the build would disturb it):
+# parse time per real vLLM page, scheduling cost at 8/64/512 endpoints; core.sh writes its section.
 if [[ ${BENCH_MICRO:-1} != 0 ]]; then
-  echo "bench: core micro-benchmarks: cargo test --release -p inference-router-core -- --ignored --nocapture"
-  cargo test --release -p inference-router-core -- --ignored --nocapture >"$WORK/micro.txt" 2>&1 \
-    || { tail -n 30 "$WORK/micro.txt" >&2; die "the core's micro-benchmarks failed"; }
-  grep -E '^(parse_page|schedule|hash_prompt|record)' "$WORK/micro.txt" | sed 's/^/bench:   /' || true
+  echo "bench: core micro-benchmarks (wasm-tests/bench/core.sh)"
+  DOC="$DOC" bash $HERE/core.sh || die "the core's micro-benchmarks failed"
 fi
 
 # nginx, Envoy and wrk run at a higher priority than everything else (see
