@@ -607,12 +607,24 @@ fn schedule_cost() {
                 ..Default::default()
             })
             .collect();
+        // Two adapters claimed per endpoint since its scrape (the cost of counting claims).
+        let claims: Vec<AdapterClaims> = (0..n)
+            .map(|_| {
+                let mut a = AdapterClaims::default();
+                for _ in 0..2 {
+                    a.record(adapter_hash(adapters[rng.below(10)]), 1);
+                }
+                a
+            })
+            .collect();
         let c: Vec<Candidate<'_>> = states
             .iter()
-            .map(|s| Candidate {
+            .zip(&claims)
+            .map(|(s, a)| Candidate {
                 state: Some(s),
                 picks_since_scrape: rng.below(4) as u32,
                 in_flight: rng.below(8) as u32,
+                claims: a.as_slice(),
             })
             .collect();
         let iters = 4_000_000 / n;
