@@ -3,7 +3,6 @@
 //! layer carries the decision out: rewrite the model bytes, set the routing headers, clear the
 //! route cache, or send the error reply. Responses pass through untouched, never buffered.
 
-use crate::claims::PoolClaims;
 use crate::host;
 use crate::pool_view::{Members, PoolView};
 use crate::prefix_share::{PrefixShare, SHARE_PERIOD};
@@ -39,8 +38,6 @@ pub struct FilterState {
     last_share_ms: Cell<u64>,
     /// Per-pool member-list generation the prefix index was last synced to (discovery).
     prefix_generation: Vec<Cell<u64>>,
-    /// Per-pool adapters this worker sent since the endpoints' last scrapes (DEFAULT, PREFIX_CACHE).
-    claims: Vec<PoolClaims>,
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
     metric_ids: RefCell<HashMap<(Metric, Labels), Option<u32>>>,
@@ -100,10 +97,8 @@ impl FilterState {
             Vec::new()
         };
         let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
-        let claims = config.pools.iter().map(|_| PoolClaims::default()).collect();
         FilterState {
             prefix_generation,
-            claims,
             metric_ids: RefCell::new(HashMap::new()),
             config,
             rng: RefCell::new(rng),
@@ -224,8 +219,7 @@ impl FilterState {
                     staleness_ms: p.metrics.staleness_ms,
                     prefix_hashes: &hashes,
                 };
-                let claims = self.claims.get(pool).map(|c| c.current(&members));
-                let picked = counters.pick_and_count(|c| {
+                let picked = counters.pick_count_and_claim(|c| {
                     let candidates: Vec<Candidate> = (0..n)
                         .map(|i| {
                             let state = states.get(i).and_then(Option::as_ref);
@@ -236,10 +230,7 @@ impl FilterState {
                                     .map(|s| picks.wrapping_sub(s.picks_at_scrape))
                                     .unwrap_or(0),
                                 in_flight: c.in_flight.get(i).copied().unwrap_or(0),
-                                claims: claims
-                                    .as_ref()
-                                    .and_then(|v| v.get(i))
-                                    .map_or(&[], AdapterClaims::as_slice),
+                                claims: c.claims.get(i).map_or(&[], AdapterClaims::as_slice),
                             }
                         })
                         .collect();
@@ -254,23 +245,12 @@ impl FilterState {
                         Decision::Pick {
                             endpoint,
                             fail_open,
-                        } => {
-                            // The pick number this request takes (the counter before it).
-                            let number = c.picks.get(endpoint).copied().unwrap_or(0);
-                            Ok((endpoint, (fail_open, claim.map(|h| (h, number)))))
-                        }
+                        } => Ok((endpoint, claim, fail_open)),
                         Decision::Shed => Err(Pick::Shed),
                         Decision::Unavailable => Err(Pick::Unavailable),
                     }
                 });
                 drop(prefix);
-                drop(claims);
-                if let (Ok((index, (_, Some((adapter, number))))), Some(c)) =
-                    (&picked, self.claims.get(pool))
-                {
-                    c.record(*index, *adapter, *number);
-                }
-                let picked = picked.map(|(index, (fail_open, _))| (index, fail_open));
                 if let (Ok((index, _)), Some(cell)) = (&picked, self.prefixes.get(pool)) {
                     cell.borrow_mut().record(*index, &hashes);
                 }

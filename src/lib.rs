@@ -4,7 +4,6 @@
 //! One module, two roles chosen by Envoy's `root_id` (CONTRACT section 2):
 //! `inference-router` (the HTTP filter) and `inference-router-collector` (the metrics collector).
 
-mod claims;
 mod collector;
 mod counters;
 mod filter;

@@ -6,7 +6,8 @@
 //!
 //! A claim is (adapter name hash, the endpoint's pick number when it was picked). It is live while
 //! that pick number is at or after the endpoint's `picks_at_scrape` stamp: the scrape that will
-//! show the adapter has not been published yet. Fixed size, no allocation.
+//! show the adapter has not been published yet. Fixed size, no allocation; the host keeps them
+//! beside its shared pick counters (`encode`/`decode`), so every worker sees every worker's.
 
 use crate::rollout::stable_hash;
 
@@ -14,7 +15,8 @@ use crate::rollout::stable_hash;
 /// endpoint's pick counter before that pick counted it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Claim {
-    pub adapter: u64,
+    /// `adapter_hash` of the name; 0 marks an empty slot.
+    pub adapter: u32,
     pub pick: u32,
 }
 
@@ -26,8 +28,12 @@ impl Claim {
 }
 
 /// Distinct adapters claimed per endpoint, at most this many: more than `max_lora` (a handful)
-/// distinct adapters between two scrapes changes no score, the endpoint is full either way.
-pub const CLAIMS_PER_ENDPOINT: usize = 8;
+/// distinct adapters between two scrapes changes no score, the endpoint is full either way. Few,
+/// because every pick reads and writes them for the whole pool (8 bytes each).
+pub const CLAIMS_PER_ENDPOINT: usize = 4;
+
+/// Bytes of one endpoint's claims in `encode`'s form.
+pub const ENCODED_LEN: usize = CLAIMS_PER_ENDPOINT * 8;
 
 /// One endpoint's recent claims, one entry per adapter (its latest pick).
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,7 +45,10 @@ pub struct AdapterClaims {
 impl AdapterClaims {
     /// Adapter `adapter` (an `adapter_hash`) was sent here with pick number `pick`. A known
     /// adapter's entry moves to the new pick; a new one replaces the oldest entry when full.
-    pub fn record(&mut self, adapter: u64, pick: u32) {
+    pub fn record(&mut self, adapter: u32, pick: u32) {
+        if adapter == 0 {
+            return;
+        }
         let len = self.len.min(CLAIMS_PER_ENDPOINT);
         if let Some(c) = self.entries[..len]
             .iter_mut()
@@ -66,11 +75,33 @@ impl AdapterClaims {
     pub fn as_slice(&self) -> &[Claim] {
         &self.entries[..self.len.min(CLAIMS_PER_ENDPOINT)]
     }
+
+    /// `ENCODED_LEN` bytes: each slot's adapter and pick, u32 little-endian, empty slots zero.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for c in &self.entries {
+            out.extend_from_slice(&c.adapter.to_le_bytes());
+            out.extend_from_slice(&c.pick.to_le_bytes());
+        }
+    }
+
+    /// `encode`'s bytes back (a short or garbled slice yields fewer claims, never an error).
+    pub fn decode(bytes: &[u8]) -> AdapterClaims {
+        let mut a = AdapterClaims::default();
+        for slot in bytes.chunks_exact(8).take(CLAIMS_PER_ENDPOINT) {
+            let word = |k: usize| {
+                slot.get(k..k + 4)
+                    .and_then(|w| w.try_into().ok())
+                    .map_or(0, u32::from_le_bytes)
+            };
+            a.record(word(0), word(4));
+        }
+        a
+    }
 }
 
-/// The hash claims identify an adapter by.
-pub fn adapter_hash(name: &str) -> u64 {
-    stable_hash(name.as_bytes())
+/// The hash claims identify an adapter by: 32 bits of the name's stable hash, never 0.
+pub fn adapter_hash(name: &str) -> u32 {
+    ((stable_hash(name.as_bytes()) >> 32) as u32).max(1)
 }
 
 #[cfg(test)]
@@ -109,14 +140,29 @@ mod tests {
                 pick: 5
             }]
         );
-        for i in 0..CLAIMS_PER_ENDPOINT as u64 {
-            a.record(100 + i, 10 + i as u32);
+        for i in 0..CLAIMS_PER_ENDPOINT as u32 {
+            a.record(100 + i, 10 + i);
         }
         assert_eq!(a.as_slice().len(), CLAIMS_PER_ENDPOINT);
         assert!(
             a.as_slice().iter().all(|c| c.adapter != 7),
             "adapter 7 (pick 5) was the oldest"
         );
-        assert!(a.as_slice().iter().any(|c| c.adapter == 107));
+        assert!(a.as_slice().iter().any(|c| c.adapter == 100 + CLAIMS_PER_ENDPOINT as u32 - 1));
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let mut a = AdapterClaims::default();
+        a.record(adapter_hash("x"), 3);
+        a.record(adapter_hash("y"), u32::MAX);
+        let mut bytes = Vec::new();
+        a.encode(&mut bytes);
+        assert_eq!(bytes.len(), ENCODED_LEN);
+        assert_eq!(AdapterClaims::decode(&bytes).as_slice(), a.as_slice());
+        assert!(AdapterClaims::decode(&bytes[..5]).as_slice().is_empty());
+        assert!(AdapterClaims::decode(&[]).as_slice().is_empty());
+        a.record(0, 9);
+        assert_eq!(a.as_slice().len(), 2, "0 is no adapter");
     }
 }

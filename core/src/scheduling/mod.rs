@@ -15,7 +15,7 @@ mod profile;
 mod schedule;
 pub mod scorers;
 
-pub use claims::{adapter_hash, AdapterClaims, Claim};
+pub use claims::{adapter_hash, AdapterClaims, Claim, CLAIMS_PER_ENDPOINT, ENCODED_LEN};
 pub use filters::{has_headroom, is_fresh};
 pub use picker::{least_request, random, round_robin, MaxPicker};
 pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex};

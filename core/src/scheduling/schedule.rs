@@ -110,7 +110,7 @@ struct Pass<'a> {
     /// Sheddable with a pool not saturated: only endpoints with headroom take it.
     headroom_only: bool,
     /// The target as a LoRA adapter: name and `adapter_hash`.
-    adapter: Option<(&'a str, u64)>,
+    adapter: Option<(&'a str, u32)>,
     ranges: Ranges,
 }
 
@@ -275,7 +275,7 @@ pub fn schedule_claiming(
     endpoints: &[Candidate<'_>],
     prefix: Option<&PrefixIndex>,
     rng: &mut Rng,
-) -> (Decision, Option<u64>) {
+) -> (Decision, Option<u32>) {
     if endpoints.is_empty() {
         return (Decision::Unavailable, None);
     }

@@ -77,7 +77,7 @@ pub fn knows_adapter(s: &EndpointState, adapter: &str) -> bool {
 /// Unknown `max_lora` claims no free slot (we cannot promise a load without an eviction wait);
 /// there our own claim still scores 1 (sending more of it adds no adapter) and a scraped waiting
 /// one 0.6.
-pub fn lora_affinity(s: &EndpointState, adapter: Option<(&str, u64)>, claims: &[Claim]) -> f64 {
+pub fn lora_affinity(s: &EndpointState, adapter: Option<(&str, u32)>, claims: &[Claim]) -> f64 {
     let Some((a, hash)) = adapter else { return 1.0 };
     if s.running_adapters.iter().any(|r| r == a) {
         return 1.0;
