@@ -28,6 +28,9 @@ pub struct EndpointState {
     /// The filter's pick counter for this endpoint when the last good scrape completed: picks made
     /// since then are requests the scraped numbers do not include yet.
     pub picks_at_scrape: u32,
+    /// `scheduling::adapter_hash` of the model the engine serves as its base (vLLM's `model_name`
+    /// label); 0 = unknown. Any other model it is asked for is one of its LoRA adapters.
+    pub base_model: u32,
 }
 
 mod collector;

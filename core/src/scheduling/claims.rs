@@ -148,7 +148,10 @@ mod tests {
             a.as_slice().iter().all(|c| c.adapter != 7),
             "adapter 7 (pick 5) was the oldest"
         );
-        assert!(a.as_slice().iter().any(|c| c.adapter == 100 + CLAIMS_PER_ENDPOINT as u32 - 1));
+        assert!(a
+            .as_slice()
+            .iter()
+            .any(|c| c.adapter == 100 + CLAIMS_PER_ENDPOINT as u32 - 1));
     }
 
     #[test]

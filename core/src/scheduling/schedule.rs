@@ -19,9 +19,10 @@ pub enum TargetKind {
     Base,
     /// A LoRA adapter: scored by where it runs, could load, or waits.
     Adapter,
-    /// Not known to the host: an adapter if any endpoint reports it running or waiting, else
-    /// treated as the base model (so an adapter nobody has loaded yet gets no slot preference on
-    /// its very first request, rather than base-model traffic avoiding endpoints with full slots).
+    /// Not known to the host: an adapter if any endpoint reports it running or waiting, or
+    /// reports a base model (`EndpointState::base_model`) of another name; else treated as the
+    /// base model (an engine that reports neither gives no slot preference to an adapter nobody
+    /// has loaded yet, rather than base-model traffic avoiding endpoints with full slots).
     Detect,
 }
 
@@ -126,11 +127,16 @@ impl<'a> Pass<'a> {
     ) -> Pass<'a> {
         let (mut any_fresh, mut any_headroom) = (false, false);
         let mut adapter_known = req.target_kind != TargetKind::Detect;
+        let hash = adapter_hash(req.target_model);
         let (mut fresh_ranges, mut room_ranges) = (Ranges::EMPTY, Ranges::EMPTY);
         for c in endpoints {
             let Some(s) = c.state else { continue };
             if !adapter_known {
-                adapter_known = scorers::knows_adapter(s, req.target_model);
+                // Naming the served base model otherwise: the engine can only serve it as an
+                // adapter. This is what tells adapters apart before any is loaded (a fresh pool's
+                // first burst), when no engine lists one yet.
+                adapter_known = (s.base_model != 0 && s.base_model != hash)
+                    || scorers::knows_adapter(s, req.target_model);
             }
             if !is_fresh(Some(s), req.now_ms, req.staleness_ms) {
                 continue;
@@ -148,7 +154,7 @@ impl<'a> Pass<'a> {
             TargetKind::Adapter => Some(req.target_model),
             TargetKind::Detect => adapter_known.then_some(req.target_model),
         }
-        .map(|a| (a, adapter_hash(a)));
+        .map(|a| (a, hash));
         let saturated = any_fresh && !any_headroom;
         let headroom_only = req.criticality == Criticality::Sheddable && !saturated;
         Pass {
