@@ -515,6 +515,17 @@ mod tests {
         assert_eq!(st.max_lora, Some(2));
         assert_eq!(st.block_size, Some(128));
         assert_eq!(st.num_gpu_blocks, Some(4096));
+        assert_eq!(st.base_model, crate::scheduling::adapter_hash("tiny-llama"));
+        assert_eq!(
+            read(
+                Engine::Sglang,
+                "sglang:num_queue_reqs{model_name=\"m\"} 1\n"
+            )
+            .state
+            .base_model,
+            0,
+            "vLLM dialects only"
+        );
         assert_eq!(
             (
                 st.last_scrape_ms,
