@@ -430,6 +430,7 @@ impl<'p> Acc<'p> {
         state
             .waiting_adapters
             .retain(|w| !running_adapters.contains(w));
+        state.hash_adapters();
         Scrape {
             state,
             stats,

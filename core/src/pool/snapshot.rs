@@ -115,6 +115,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
                 list.push(r.string()?);
             }
         }
+        s.hash_adapters();
         endpoints.push((addr, s));
     }
     Ok(Snapshot { version, endpoints })
@@ -152,6 +153,14 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn sample() -> Snapshot {
+        let mut s = sample_unhashed();
+        for (_, e) in &mut s.endpoints {
+            e.hash_adapters();
+        }
+        s
+    }
+
+    fn sample_unhashed() -> Snapshot {
         Snapshot {
             version: 42,
             endpoints: vec![
@@ -170,6 +179,7 @@ mod tests {
                         consecutive_failures: 0,
                         picks_at_scrape: 99,
                         base_model: 0x1234_5678,
+                        adapter_hashes: Vec::new(),
                     },
                 ),
                 ("[::1]:9000".into(), EndpointState::default()),

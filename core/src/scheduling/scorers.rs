@@ -90,15 +90,23 @@ pub fn lora_affinity(s: &EndpointState, adapter: Option<(&str, u32)>, claims: &[
     let mut used = s.running_adapters.len() + s.waiting_adapters.len();
     let live_claims = live().count();
     if live_claims > 0 {
-        let listed = s
-            .running_adapters
-            .iter()
-            .chain(&s.waiting_adapters)
-            .filter(|n| {
-                let h = adapter_hash(n);
-                live().any(|c| c.adapter == h)
-            })
-            .count();
+        let names = s.running_adapters.len() + s.waiting_adapters.len();
+        let listed = if s.adapter_hashes.len() == names {
+            let hashes = &s.adapter_hashes;
+            hashes
+                .iter()
+                .filter(|&&h| live().any(|c| c.adapter == h))
+                .count()
+        } else {
+            s.running_adapters
+                .iter()
+                .chain(&s.waiting_adapters)
+                .filter(|n| {
+                    let h = adapter_hash(n);
+                    live().any(|c| c.adapter == h)
+                })
+                .count()
+        };
         used += live_claims.saturating_sub(listed);
     }
     match s.max_lora.map(|m| m as usize) {

@@ -654,6 +654,10 @@ fn schedule_cost() {
                 last_scrape_ms: NOW - rng.below(200) as u64,
                 ..Default::default()
             })
+            .map(|mut s| {
+                s.hash_adapters(); // as the snapshot decoder does
+                s
+            })
             .collect();
         // Two adapters claimed per endpoint since its scrape (the cost of counting claims).
         let claims: Vec<AdapterClaims> = (0..n)
