@@ -13,8 +13,8 @@ use router_core::config::{Config, Criticality};
 use router_core::openai::{self, InferenceApi, SseParser, Usage, UsageScanner, UsageStripper};
 use router_core::request::{decide_model, ModelDecision};
 use router_core::scheduling::{
-    self, endpoint_id, schedule, Candidate, Decision, PrefixIndex, Rng, SchedulingRequest,
-    Strategy, TargetKind,
+    self, endpoint_id, schedule_claiming, AdapterClaims, Candidate, Decision, PrefixIndex, Rng,
+    SchedulingRequest, Strategy, TargetKind,
 };
 use router_core::stats;
 use std::cell::{Cell, RefCell};
@@ -219,7 +219,7 @@ impl FilterState {
                     staleness_ms: p.metrics.staleness_ms,
                     prefix_hashes: &hashes,
                 };
-                let picked = counters.pick_and_count(|c| {
+                let picked = counters.pick_count_and_claim(|c| {
                     let candidates: Vec<Candidate> = (0..n)
                         .map(|i| {
                             let state = states.get(i).and_then(Option::as_ref);
@@ -230,20 +230,22 @@ impl FilterState {
                                     .map(|s| picks.wrapping_sub(s.picks_at_scrape))
                                     .unwrap_or(0),
                                 in_flight: c.in_flight.get(i).copied().unwrap_or(0),
+                                claims: c.claims.get(i).map_or(&[], AdapterClaims::as_slice),
                             }
                         })
                         .collect();
-                    match schedule(
+                    let (decision, claim) = schedule_claiming(
                         &self.config.profile,
                         &request,
                         &candidates,
                         prefix.as_deref(),
                         &mut rng,
-                    ) {
+                    );
+                    match decision {
                         Decision::Pick {
                             endpoint,
                             fail_open,
-                        } => Ok((endpoint, fail_open)),
+                        } => Ok((endpoint, claim, fail_open)),
                         Decision::Shed => Err(Pick::Shed),
                         Decision::Unavailable => Err(Pick::Unavailable),
                     }

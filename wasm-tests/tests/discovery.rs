@@ -62,11 +62,13 @@ async fn pool_members_follow_the_eds_cluster() {
 
     // The admin on an address of its own, so the admin cluster can name it before Envoy starts.
     let admin: SocketAddr = (next_pod_ip(), 9901).into();
+    // The target is the pods' base model (their `model_name`): requests for one adapter would
+    // rightly stay on the pod that has it (LoRA affinity), and this test is about membership.
     let config = json!({
         "pools": [{"name": "pool-a", "discovery": {"cluster": "vllm-eds", "adminCluster": "envoy-admin",
                                                    "refreshMs": 200}}],
         "models": [{"modelName": "lora-request", "poolRef": "pool-a",
-                    "targetModels": [{"name": "sql-lora", "weight": 1}]}],
+                    "targetModels": [{"name": "tiny-llama", "weight": 1}]}],
         "scheduling": {"strategy": "DEFAULT"},
     });
     let mut spec = EnvoySpec::plugin(&config);

@@ -15,6 +15,8 @@
 //!   Adapters are the union over engines (names split on commas, blanks dropped), `max_lora` the
 //!   smallest. An adapter listed as running is not also reported as waiting. No series at all
 //!   (vLLM before the first LoRA request): no adapters, `max_lora` unknown.
+//! * Base model (vLLM dialects): the `model_name` label of the first waiting series, as
+//!   `scheduling::adapter_hash` (it names the base model; adapters have their own names).
 //! * Cache configuration: the first series with a usable `block_size` / `num_gpu_blocks`
 //!   (`"None"` and other non-numbers: unknown).
 //! * Missing waiting, running or KV use makes the scrape incomplete ([`Scrape::missing`]);
@@ -304,6 +306,7 @@ struct Acc<'p> {
     lora: Vec<LoraSeries<'p>>,
     block_size: Option<u32>,
     num_gpu_blocks: Option<u32>,
+    base_model: Option<Cow<'p, str>>,
 }
 
 impl<'p> Acc<'p> {
@@ -329,6 +332,12 @@ impl<'p> Acc<'p> {
                     sum.add(v.clamp(0.0, 1.0));
                 }
             }
+        }
+        if self.base_model.is_none()
+            && matches!(d.engine, Engine::Vllm | Engine::VllmAscend)
+            && matches(&d.waiting, &s)
+        {
+            self.base_model = s.labels.get("model_name");
         }
         if matches(&d.cache_config, &s) {
             self.block_size = self
@@ -391,6 +400,10 @@ impl<'p> Acc<'p> {
             kv_cache_usage: kv.unwrap_or(0.0).clamp(0.0, 1.0) as f32,
             block_size: self.block_size,
             num_gpu_blocks: self.num_gpu_blocks,
+            base_model: self
+                .base_model
+                .as_deref()
+                .map_or(0, crate::scheduling::adapter_hash),
             ..EndpointState::default()
         };
         for series in &self.lora {
@@ -417,6 +430,7 @@ impl<'p> Acc<'p> {
         state
             .waiting_adapters
             .retain(|w| !running_adapters.contains(w));
+        state.hash_adapters();
         Scrape {
             state,
             stats,
@@ -502,6 +516,17 @@ mod tests {
         assert_eq!(st.max_lora, Some(2));
         assert_eq!(st.block_size, Some(128));
         assert_eq!(st.num_gpu_blocks, Some(4096));
+        assert_eq!(st.base_model, crate::scheduling::adapter_hash("tiny-llama"));
+        assert_eq!(
+            read(
+                Engine::Sglang,
+                "sglang:num_queue_reqs{model_name=\"m\"} 1\n"
+            )
+            .state
+            .base_model,
+            0,
+            "vLLM dialects only"
+        );
         assert_eq!(
             (
                 st.last_scrape_ms,

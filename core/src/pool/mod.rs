@@ -28,6 +28,25 @@ pub struct EndpointState {
     /// The filter's pick counter for this endpoint when the last good scrape completed: picks made
     /// since then are requests the scraped numbers do not include yet.
     pub picks_at_scrape: u32,
+    /// `scheduling::adapter_hash` of the model the engine serves as its base (vLLM's `model_name`
+    /// label); 0 = unknown. Any other model it is asked for is one of its LoRA adapters.
+    pub base_model: u32,
+    /// `scheduling::adapter_hash` of the running then the waiting adapters (`hash_adapters`), so
+    /// the LoRA-affinity scorer matches claims without hashing names per request. Not encoded:
+    /// recomputed wherever a state is read; empty if not (the scorer then hashes the names).
+    pub adapter_hashes: Vec<u32>,
+}
+
+impl EndpointState {
+    /// Fill `adapter_hashes` from the adapter lists.
+    pub fn hash_adapters(&mut self) {
+        self.adapter_hashes = self
+            .running_adapters
+            .iter()
+            .chain(&self.waiting_adapters)
+            .map(|n| crate::scheduling::adapter_hash(n))
+            .collect();
+    }
 }
 
 mod collector;

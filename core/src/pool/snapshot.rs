@@ -2,23 +2,23 @@
 //!
 //! Layout (little-endian), chosen so a filter can decode it with no allocation beyond the result:
 //! ```text
-//! magic   "IRS1"
+//! magic   "IRS2"
 //! version u64          bumped by the collector on every publish
 //! count   u32          number of endpoints
 //! per endpoint:
 //!   address        u16 length + UTF-8 `ip:port`
 //!   waiting u32, running u32, kv_cache_usage f32,
 //!   max_lora u32, block_size u32, num_gpu_blocks u32   (u32::MAX = unknown)
-//!   last_scrape_ms u64, consecutive_failures u32, picks_at_scrape u32
+//!   last_scrape_ms u64, consecutive_failures u32, picks_at_scrape u32, base_model u32
 //!   running adapters: u8 count, each u16 length + UTF-8
 //!   waiting adapters: same
 //! ```
-//! 42 bytes per endpoint plus its address (~16) and its adapter names: about 70 bytes for an
+//! 46 bytes per endpoint plus its address (~16) and its adapter names: about 70 bytes for an
 //! endpoint with one adapter loaded, so 512 endpoints publish ~36 KB.
 
 use super::EndpointState;
 
-const MAGIC: &[u8; 4] = b"IRS1";
+const MAGIC: &[u8; 4] = b"IRS2";
 const UNKNOWN: u32 = u32::MAX;
 /// Adapter names kept per list; more are dropped (vLLM's max_loras is typically far lower).
 const MAX_ADAPTERS: usize = 255;
@@ -54,6 +54,7 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         out.extend_from_slice(&s.last_scrape_ms.to_le_bytes());
         out.extend_from_slice(&s.consecutive_failures.to_le_bytes());
         out.extend_from_slice(&s.picks_at_scrape.to_le_bytes());
+        out.extend_from_slice(&s.base_model.to_le_bytes());
         for list in [&s.running_adapters, &s.waiting_adapters] {
             let n = list.len().min(MAX_ADAPTERS);
             out.push(n as u8);
@@ -90,8 +91,8 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let t = SnapshotError::Truncated;
     let version = r.u64().ok_or(t.clone())?;
     let count = r.u32().ok_or(t.clone())? as usize;
-    // Each endpoint takes at least 44 bytes: a hostile count cannot make us reserve much.
-    let mut endpoints = Vec::with_capacity(count.min(bytes.len() / 44));
+    // Each endpoint takes at least 48 bytes: a hostile count cannot make us reserve much.
+    let mut endpoints = Vec::with_capacity(count.min(bytes.len() / 48));
     for _ in 0..count {
         let addr = r.string()?;
         let mut s = EndpointState {
@@ -107,12 +108,14 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         s.last_scrape_ms = r.u64().ok_or(t.clone())?;
         s.consecutive_failures = r.u32().ok_or(t.clone())?;
         s.picks_at_scrape = r.u32().ok_or(t.clone())?;
+        s.base_model = r.u32().ok_or(t.clone())?;
         for list in [&mut s.running_adapters, &mut s.waiting_adapters] {
             let n = *r.take(1).ok_or(t.clone())?.first().ok_or(t.clone())?;
             for _ in 0..n {
                 list.push(r.string()?);
             }
         }
+        s.hash_adapters();
         endpoints.push((addr, s));
     }
     Ok(Snapshot { version, endpoints })
@@ -150,6 +153,14 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn sample() -> Snapshot {
+        let mut s = sample_unhashed();
+        for (_, e) in &mut s.endpoints {
+            e.hash_adapters();
+        }
+        s
+    }
+
+    fn sample_unhashed() -> Snapshot {
         Snapshot {
             version: 42,
             endpoints: vec![
@@ -167,6 +178,8 @@ mod tests {
                         last_scrape_ms: 1_795_444_402_257,
                         consecutive_failures: 0,
                         picks_at_scrape: 99,
+                        base_model: 0x1234_5678,
+                        adapter_hashes: Vec::new(),
                     },
                 ),
                 ("[::1]:9000".into(), EndpointState::default()),
@@ -194,8 +207,8 @@ mod tests {
                 },
             )],
         };
-        // 16 header + 42 fixed + 2+14 address + 2+8 adapter.
-        assert_eq!(encode(&one).len(), 16 + 42 + 16 + 10);
+        // 16 header + 46 fixed + 2+14 address + 2+8 adapter.
+        assert_eq!(encode(&one).len(), 16 + 46 + 16 + 10);
     }
 
     #[test]
@@ -212,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_hostile_count_does_not_allocate_or_panic() {
-        let mut bytes = b"IRS1".to_vec();
+        let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&1u64.to_le_bytes());
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(SnapshotError::Truncated));

@@ -7,6 +7,7 @@
 //! The load-only strategies (ROUND_ROBIN, RANDOM, LEAST_REQUEST) keep their own small pickers,
 //! which need no metrics.
 
+pub mod claims;
 mod filters;
 mod picker;
 pub mod prefix;
@@ -14,6 +15,7 @@ mod profile;
 mod schedule;
 pub mod scorers;
 
+pub use claims::{adapter_hash, AdapterClaims, Claim, CLAIMS_PER_ENDPOINT, ENCODED_LEN};
 pub use filters::{has_headroom, is_fresh};
 pub use picker::{least_request, random, round_robin, MaxPicker};
 pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex};
@@ -21,7 +23,10 @@ pub use profile::{
     PrefixConfig, PrefixSettings, Profile, Saturation, SaturationConfig, SchedulingConfig,
     ScorersConfig, Weights,
 };
-pub use schedule::{explain, schedule, Candidate, Decision, SchedulingRequest, Scores, TargetKind};
+pub use schedule::{
+    explain, schedule, schedule_claiming, Candidate, Decision, SchedulingRequest, Scores,
+    TargetKind,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {

@@ -16,14 +16,17 @@ pub struct Weights {
 }
 
 impl Default for Weights {
-    /// Queue 2, KV cache 2, prefix 3 are the Inference Extension's. LoRA affinity 1 and in-flight 1
-    /// are ours: both decide among endpoints of equal load but never outweigh a clearly shorter
-    /// queue or emptier cache (each is half of the queue weight).
+    /// Queue 2, KV cache 2, prefix 3 are the Inference Extension's. In-flight 1 is ours: it decides
+    /// among endpoints of equal load. LoRA affinity 4 is ours too, and large because its 0 (a new
+    /// adapter on an endpoint whose slots are taken) costs a wait of whole requests, not a place
+    /// in a queue: 0.8 × 4 (a free slot) outweighs queue + in-flight (3) at their widest, while
+    /// running versus a free slot (0.2 × 4) is worth two queued requests. Measured with
+    /// `sched-bench` (zipf and random adapter workloads): 3–4 best, 1–2 and 6–10 worse.
     fn default() -> Self {
         Weights {
             queue: 2.0,
             kv_cache: 2.0,
-            lora_affinity: 1.0,
+            lora_affinity: 4.0,
             prefix: 3.0,
             in_flight: 1.0,
         }

@@ -4,6 +4,7 @@
 //!    LoRA adapter some endpoint knows — and the candidates' ranges for the min–max scorers;
 //! 2. scoring each candidate and picking the maximum, random tie-break.
 
+use super::claims::{adapter_hash, Claim};
 use super::filters::{has_headroom, is_fresh};
 use super::picker::MaxPicker;
 use super::{scorers, PrefixIndex, Profile, Rng, Strategy};
@@ -18,9 +19,10 @@ pub enum TargetKind {
     Base,
     /// A LoRA adapter: scored by where it runs, could load, or waits.
     Adapter,
-    /// Not known to the host: an adapter if any endpoint reports it running or waiting, else
-    /// treated as the base model (so an adapter nobody has loaded yet gets no slot preference on
-    /// its very first request, rather than base-model traffic avoiding endpoints with full slots).
+    /// Not known to the host: an adapter if any endpoint reports it running or waiting, or
+    /// reports a base model (`EndpointState::base_model`) of another name; else treated as the
+    /// base model (an engine that reports neither gives no slot preference to an adapter nobody
+    /// has loaded yet, rather than base-model traffic avoiding endpoints with full slots).
     Detect,
 }
 
@@ -49,6 +51,9 @@ pub struct Candidate<'a> {
     pub picks_since_scrape: u32,
     /// This gateway's requests still open there.
     pub in_flight: u32,
+    /// Adapters this worker sent there recently (`AdapterClaims::as_slice`); the live ones count
+    /// as queued there for the LoRA-affinity scorer.
+    pub claims: &'a [Claim],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +110,8 @@ struct Pass<'a> {
     saturated: bool,
     /// Sheddable with a pool not saturated: only endpoints with headroom take it.
     headroom_only: bool,
-    adapter: Option<&'a str>,
+    /// The target as a LoRA adapter: name and `adapter_hash`.
+    adapter: Option<(&'a str, u32)>,
     ranges: Ranges,
 }
 
@@ -121,11 +127,16 @@ impl<'a> Pass<'a> {
     ) -> Pass<'a> {
         let (mut any_fresh, mut any_headroom) = (false, false);
         let mut adapter_known = req.target_kind != TargetKind::Detect;
+        let hash = adapter_hash(req.target_model);
         let (mut fresh_ranges, mut room_ranges) = (Ranges::EMPTY, Ranges::EMPTY);
         for c in endpoints {
             let Some(s) = c.state else { continue };
             if !adapter_known {
-                adapter_known = scorers::knows_adapter(s, req.target_model);
+                // Naming the served base model otherwise: the engine can only serve it as an
+                // adapter. This is what tells adapters apart before any is loaded (a fresh pool's
+                // first burst), when no engine lists one yet.
+                adapter_known = (s.base_model != 0 && s.base_model != hash)
+                    || scorers::knows_adapter(s, req.target_model);
             }
             if !is_fresh(Some(s), req.now_ms, req.staleness_ms) {
                 continue;
@@ -142,7 +153,8 @@ impl<'a> Pass<'a> {
             TargetKind::Base => None,
             TargetKind::Adapter => Some(req.target_model),
             TargetKind::Detect => adapter_known.then_some(req.target_model),
-        };
+        }
+        .map(|a| (a, hash));
         let saturated = any_fresh && !any_headroom;
         let headroom_only = req.criticality == Criticality::Sheddable && !saturated;
         Pass {
@@ -189,7 +201,7 @@ impl<'a> Pass<'a> {
         );
         let kv_cache = scorers::kv_cache(s);
         let lora_affinity = if w.lora_affinity > 0.0 {
-            scorers::lora_affinity(s, self.adapter)
+            scorers::lora_affinity(s, self.adapter, c.claims)
         } else {
             0.0
         };
@@ -256,28 +268,47 @@ pub fn schedule(
     prefix: Option<&PrefixIndex>,
     rng: &mut Rng,
 ) -> Decision {
+    schedule_claiming(profile, request, endpoints, prefix, rng).0
+}
+
+/// `schedule`, and the adapter the request claims if it was scored as one (its `adapter_hash`):
+/// after a `Pick` the host records it with the pick number in that endpoint's `AdapterClaims`.
+/// None for the base model, for an unknown target (`TargetKind::Detect` found no endpoint with
+/// it) and for the strategies without the LoRA-affinity scorer.
+pub fn schedule_claiming(
+    profile: &Profile,
+    request: &SchedulingRequest<'_>,
+    endpoints: &[Candidate<'_>],
+    prefix: Option<&PrefixIndex>,
+    rng: &mut Rng,
+) -> (Decision, Option<u32>) {
     if endpoints.is_empty() {
-        return Decision::Unavailable;
+        return (Decision::Unavailable, None);
     }
     match profile.strategy {
-        Strategy::LeastRequest => return least_in_flight(endpoints, rng, false),
+        Strategy::LeastRequest => return (least_in_flight(endpoints, rng, false), None),
         Strategy::RoundRobin | Strategy::Random => {
-            return Decision::Pick {
+            let pick = Decision::Pick {
                 endpoint: rng.below(endpoints.len()),
                 fail_open: false,
-            }
+            };
+            return (pick, None);
         }
         Strategy::Default | Strategy::PrefixCache => {}
     }
     let pass = Pass::new(profile, request, endpoints, prefix);
+    let claim = pass
+        .adapter
+        .filter(|_| profile.weights.lora_affinity > 0.0)
+        .map(|(_, h)| h);
     if !pass.any_fresh {
         return match request.failure_mode {
-            FailureMode::FailOpen => least_in_flight(endpoints, rng, true),
-            FailureMode::FailClose => Decision::Unavailable,
+            FailureMode::FailOpen => (least_in_flight(endpoints, rng, true), claim),
+            FailureMode::FailClose => (Decision::Unavailable, None),
         };
     }
     if pass.saturated && request.criticality == Criticality::Sheddable {
-        return Decision::Shed;
+        return (Decision::Shed, None);
     }
     let mut picker = MaxPicker::new();
     let mut guess = 0;
@@ -301,11 +332,14 @@ pub fn schedule(
         }
     }
     match picker.best() {
-        Some(endpoint) => Decision::Pick {
-            endpoint,
-            fail_open: false,
-        },
-        None => Decision::Unavailable,
+        Some(endpoint) => (
+            Decision::Pick {
+                endpoint,
+                fail_open: false,
+            },
+            claim,
+        ),
+        None => (Decision::Unavailable, None),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Scorers: each gives a candidate a value in [0, 1], higher is better. The min–max ones need the
 //! candidates' range, which `schedule` computes in one pass before scoring.
 
+use super::claims::{adapter_hash, Claim};
 use crate::pool::EndpointState;
 
 /// The queue the endpoint has now, as best we know: the scraped queue plus our requests sent since
@@ -64,24 +65,64 @@ pub fn knows_adapter(s: &EndpointState, adapter: &str) -> bool {
         || s.waiting_adapters.iter().any(|a| a == adapter)
 }
 
-/// LoRA-affinity scorer for a request to `adapter` (None: the base model, 1 everywhere):
-/// 1.0 running there; 0.8 not running but a free slot; 0.6 waiting for a slot there; 0 otherwise.
-/// A free slot means running + waiting adapters < `max_lora`: waiting adapters take the next free
-/// slots before ours. Unknown `max_lora` claims no free slot: we cannot promise a load without an
-/// eviction wait, and it keeps the preference for endpoints already serving the adapter strong.
-pub fn lora_affinity(s: &EndpointState, adapter: Option<&str>) -> f64 {
-    let Some(a) = adapter else { return 1.0 };
+/// LoRA-affinity scorer for a request to `adapter` (name and `adapter_hash`; None: the base
+/// model, 1 everywhere). The endpoint's adapters are the scraped running and waiting ones plus
+/// `claims` still live (sent here since the scrape, so not in it yet):
+/// - 1.0: running there, or queued there (waiting or claimed) and within `max_lora`: it joins
+///   the batch without taking another slot;
+/// - 0.8: not there, but a slot is free (fewer adapters than `max_lora`);
+/// - 0.6: queued there but beyond `max_lora`: it waits for a slot, as it would anywhere full;
+/// - 0: a new adapter on a full endpoint, which waits until an active adapter's requests drain.
+///
+/// Unknown `max_lora` claims no free slot (we cannot promise a load without an eviction wait);
+/// there our own claim still scores 1 (sending more of it adds no adapter) and a scraped waiting
+/// one 0.6.
+pub fn lora_affinity(s: &EndpointState, adapter: Option<(&str, u32)>, claims: &[Claim]) -> f64 {
+    let Some((a, hash)) = adapter else { return 1.0 };
     if s.running_adapters.iter().any(|r| r == a) {
         return 1.0;
     }
-    let used = s.running_adapters.len() + s.waiting_adapters.len();
-    if s.max_lora.is_some_and(|m| used < m as usize) {
-        return 0.8;
+    let live = || claims.iter().filter(|c| c.live(s.picks_at_scrape));
+    let claimed = live().any(|c| c.adapter == hash);
+    let waiting = s.waiting_adapters.iter().any(|w| w == a);
+    // Running and waiting are disjoint (the parser drops running ones from waiting). Claims are
+    // distinct adapters: those the scrape already lists are not counted twice.
+    let mut used = s.running_adapters.len() + s.waiting_adapters.len();
+    let live_claims = live().count();
+    if live_claims > 0 {
+        let names = s.running_adapters.len() + s.waiting_adapters.len();
+        let listed = if s.adapter_hashes.len() == names {
+            let hashes = &s.adapter_hashes;
+            hashes
+                .iter()
+                .filter(|&&h| live().any(|c| c.adapter == h))
+                .count()
+        } else {
+            s.running_adapters
+                .iter()
+                .chain(&s.waiting_adapters)
+                .filter(|n| {
+                    let h = adapter_hash(n);
+                    live().any(|c| c.adapter == h)
+                })
+                .count()
+        };
+        used += live_claims.saturating_sub(listed);
     }
-    if s.waiting_adapters.iter().any(|w| w == a) {
-        return 0.6;
+    match s.max_lora.map(|m| m as usize) {
+        Some(max) if claimed || waiting => {
+            if used <= max {
+                1.0
+            } else {
+                0.6
+            }
+        }
+        Some(max) if used < max => 0.8,
+        Some(_) => 0.0,
+        None if claimed => 1.0,
+        None if waiting => 0.6,
+        None => 0.0,
     }
-    0.0
 }
 
 /// Prefix scorer: matched leading blocks over the request's blocks (0 for a prompt too short to
@@ -97,6 +138,7 @@ pub fn prefix(matched: usize, blocks: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduling::claims::Claim;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -146,6 +188,11 @@ mod tests {
         assert_eq!(kv_cache(&s), 0.0);
     }
 
+    /// The scorer for adapter `a` with no claims.
+    fn lora(s: &EndpointState, a: &str) -> f64 {
+        lora_affinity(s, Some((a, adapter_hash(a))), &[])
+    }
+
     #[test]
     fn lora_levels() {
         let s = EndpointState {
@@ -154,21 +201,68 @@ mod tests {
             max_lora: Some(4),
             ..Default::default()
         };
-        assert_eq!(lora_affinity(&s, None), 1.0);
-        assert_eq!(lora_affinity(&s, Some("a")), 1.0);
-        assert_eq!(lora_affinity(&s, Some("z")), 0.8);
+        assert_eq!(lora_affinity(&s, None, &[]), 1.0);
+        assert_eq!(lora(&s, "a"), 1.0);
+        assert_eq!(lora(&s, "z"), 0.8);
+        assert_eq!(lora(&s, "c"), 1.0, "queued, and within max_lora");
         let full = EndpointState {
-            max_lora: Some(3),
+            max_lora: Some(2),
             ..s.clone()
         };
-        assert_eq!(lora_affinity(&full, Some("c")), 0.6);
-        assert_eq!(lora_affinity(&full, Some("z")), 0.0);
+        assert_eq!(lora(&full, "c"), 0.6, "queued for a slot");
+        assert_eq!(lora(&full, "z"), 0.0);
         let unknown = EndpointState {
             max_lora: None,
             ..s.clone()
         };
-        assert_eq!(lora_affinity(&unknown, Some("z")), 0.0);
+        assert_eq!(lora(&unknown, "z"), 0.0);
+        assert_eq!(lora(&unknown, "c"), 0.6);
         assert!(knows_adapter(&s, "c") && !knows_adapter(&s, "z"));
+    }
+
+    #[test]
+    fn live_claims_count_as_queued_adapters() {
+        let claim = |a: &str, pick| Claim {
+            adapter: adapter_hash(a),
+            pick,
+        };
+        let s = EndpointState {
+            running_adapters: names(&["a"]),
+            max_lora: Some(2),
+            picks_at_scrape: 10,
+            ..Default::default()
+        };
+        let score =
+            |a: &str, claims: &[Claim]| lora_affinity(&s, Some((a, adapter_hash(a))), claims);
+        // Our pick of b since the scrape: b joins the batch there, the last slot is taken.
+        let b = [claim("b", 12)];
+        assert_eq!(score("b", &b), 1.0);
+        assert_eq!(score("z", &b), 0.0);
+        assert_eq!(score("a", &b), 1.0);
+        // Before the scrape: the scrape would list b if it were still there.
+        let old = [claim("b", 9)];
+        assert_eq!(score("b", &old), 0.8);
+        assert_eq!(score("z", &old), 0.8);
+        // A claim of an adapter the scrape lists takes no second slot.
+        let a = [claim("a", 11)];
+        assert_eq!(score("z", &a), 0.8);
+        // Two new adapters claimed beside a running one: over max_lora, both queue for a slot.
+        let bc = [claim("b", 11), claim("c", 12)];
+        assert_eq!(score("b", &bc), 0.6);
+        assert_eq!(score("z", &bc), 0.0);
+        // Unknown max_lora: our own adapter still scores as queued there.
+        let unknown = EndpointState {
+            max_lora: None,
+            ..s.clone()
+        };
+        assert_eq!(
+            lora_affinity(&unknown, Some(("b", adapter_hash("b"))), &b),
+            1.0
+        );
+        assert_eq!(
+            lora_affinity(&unknown, Some(("z", adapter_hash("z"))), &b),
+            0.0
+        );
     }
 
     #[test]

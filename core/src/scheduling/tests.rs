@@ -160,6 +160,54 @@ fn adapter_affinity_wins_at_equal_load() {
     assert!(seen.iter().all(|&s| s > 60), "{seen:?}");
 }
 
+/// Two empty pods with two slots each, scraped before any pick (stamp 0). `claims[i]`: the
+/// adapters sent to pod i since, one pick each, the pods' counters moved accordingly.
+fn claimed(claims: [&[&str]; 2], req: &SchedulingRequest<'_>) -> (Decision, Option<u32>) {
+    let mut s = pod(0, 0.1);
+    s.max_lora = Some(2);
+    s.base_model = adapter_hash("base");
+    let states = [s.clone(), s];
+    let sets: Vec<AdapterClaims> = claims
+        .iter()
+        .map(|names| {
+            let mut a = AdapterClaims::default();
+            for (pick, n) in names.iter().enumerate() {
+                a.record(adapter_hash(n), pick as u32);
+            }
+            a
+        })
+        .collect();
+    let c: Vec<Candidate<'_>> = states
+        .iter()
+        .zip(&sets)
+        .zip(claims)
+        .map(|((s, a), names)| Candidate {
+            state: Some(s),
+            picks_since_scrape: names.len() as u32,
+            in_flight: names.len() as u32,
+            claims: a.as_slice(),
+        })
+        .collect();
+    schedule_claiming(&Profile::default(), req, &c, None, &mut Rng::new(1))
+}
+
+#[test]
+fn adapters_sent_since_the_scrape_count_as_queued_there() {
+    let to = |endpoint| Decision::Pick {
+        endpoint,
+        fail_open: false,
+    };
+    // Detect: the pods serve "base", so "a" is an adapter before any pod lists it.
+    let (d, claim) = claimed([&["a"], &[]], &request("a"));
+    assert_eq!((d, claim), (to(0), Some(adapter_hash("a"))));
+    // A third adapter goes where a slot is free, even past a shorter queue.
+    assert_eq!(claimed([&["a", "b"], &[]], &request("c")).0, to(1));
+    assert_eq!(claimed([&["a", "b"], &["c"]], &request("a")).0, to(0));
+    // The base model claims nothing and follows the load.
+    let (d, claim) = claimed([&["a"], &[]], &request("base"));
+    assert_eq!((d, claim), (to(1), None));
+}
+
 #[test]
 fn a_free_slot_beats_no_slot_and_waiting_beats_nothing() {
     let mut full = pod(1, 0.4);
@@ -606,13 +654,29 @@ fn schedule_cost() {
                 last_scrape_ms: NOW - rng.below(200) as u64,
                 ..Default::default()
             })
+            .map(|mut s| {
+                s.hash_adapters(); // as the snapshot decoder does
+                s
+            })
+            .collect();
+        // Two adapters claimed per endpoint since its scrape (the cost of counting claims).
+        let claims: Vec<AdapterClaims> = (0..n)
+            .map(|_| {
+                let mut a = AdapterClaims::default();
+                for _ in 0..2 {
+                    a.record(adapter_hash(adapters[rng.below(10)]), 1);
+                }
+                a
+            })
             .collect();
         let c: Vec<Candidate<'_>> = states
             .iter()
-            .map(|s| Candidate {
+            .zip(&claims)
+            .map(|(s, a)| Candidate {
                 state: Some(s),
                 picks_since_scrape: rng.below(4) as u32,
                 in_flight: rng.below(8) as u32,
+                claims: a.as_slice(),
             })
             .collect();
         let iters = 4_000_000 / n;
