@@ -18,7 +18,6 @@ use router_core::scheduling::{
 };
 use router_core::stats;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
@@ -40,7 +39,7 @@ pub struct FilterState {
     prefix_generation: Vec<Cell<u64>>,
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
-    metric_ids: RefCell<HashMap<(Metric, Labels), Option<u32>>>,
+    metric_ids: RefCell<host_stats::IdMap<(Metric, Labels), Option<u32>>>,
 }
 
 /// How an endpoint was chosen, or why none was.
@@ -99,7 +98,7 @@ impl FilterState {
         let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
         FilterState {
             prefix_generation,
-            metric_ids: RefCell::new(HashMap::new()),
+            metric_ids: RefCell::new(host_stats::IdMap::default()),
             config,
             rng: RefCell::new(rng),
             round_robin,
@@ -512,9 +511,7 @@ impl InferenceFilter {
                     log::debug!("pool {}: no fresh metrics, failing open", p.name);
                     self.fail_open = true;
                 }
-                if let Some(name) = members.pick_stats.get(index) {
-                    host_stats::increment(name, 1);
-                }
+                members.count_pick(index);
                 let endpoint = members
                     .endpoints
                     .get(index)
