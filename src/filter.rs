@@ -756,7 +756,8 @@ impl HttpContext for InferenceFilter {
         if !self.routed {
             return Action::Continue;
         }
-        if self.first_byte_ms.is_none() && body_size > 0 {
+        // Only a stream's time to first token falls back on the first byte: no clock read otherwise.
+        if self.streaming && self.first_byte_ms.is_none() && body_size > 0 {
             self.first_byte_ms = Some(host::now_ms());
         }
         // Each chunk is read (and, when we added the usage event, filtered) as it passes; never
