@@ -680,16 +680,25 @@ impl HttpContext for InferenceFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);
         let config = &state.config;
+        // One host call for the headers we look at: each header read alone is a call into Envoy
+        // and, when present, a second one back into the module to allocate its value.
+        let headers = self.get_http_request_headers_bytes();
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| String::from_utf8_lossy(v))
+        };
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
         let mut removed = false;
         for name in [config.destination_header.as_str(), MODEL_NAME_HEADER] {
-            if self.get_http_request_header(name).is_some() {
+            if find(name).is_some() {
                 self.set_http_request_header(name, None);
                 removed = true;
             }
         }
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = find(":method").unwrap_or_default();
+        let path = find(":path").unwrap_or_default();
         self.api = openai::inference_api(&method, &path);
         if self.api.is_none() {
             if removed {
@@ -700,7 +709,7 @@ impl HttpContext for InferenceFilter {
         if end_of_stream {
             return self.reply(400, "invalid_request_error", "request body is empty");
         }
-        let content_length = self.get_http_request_header("content-length");
+        let content_length = find("content-length");
         self.had_content_length = content_length.is_some();
         if let Some(len) = content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
             if len > config.max_request_body_bytes {
