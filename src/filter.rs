@@ -18,7 +18,6 @@ use router_core::scheduling::{
 };
 use router_core::stats;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
@@ -40,7 +39,7 @@ pub struct FilterState {
     prefix_generation: Vec<Cell<u64>>,
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
-    metric_ids: RefCell<HashMap<(Metric, Labels), Option<u32>>>,
+    metric_ids: RefCell<host_stats::IdMap<(Metric, Labels), Option<u32>>>,
 }
 
 /// How an endpoint was chosen, or why none was.
@@ -99,7 +98,7 @@ impl FilterState {
         let prefix_generation = config.pools.iter().map(|_| Cell::new(0)).collect();
         FilterState {
             prefix_generation,
-            metric_ids: RefCell::new(HashMap::new()),
+            metric_ids: RefCell::new(host_stats::IdMap::default()),
             config,
             rng: RefCell::new(rng),
             round_robin,
@@ -514,9 +513,7 @@ impl InferenceFilter {
                     log::debug!("pool {}: no fresh metrics, failing open", p.name);
                     self.fail_open = true;
                 }
-                if let Some(name) = members.pick_stats.get(index) {
-                    host_stats::increment(name, 1);
-                }
+                members.count_pick(index);
                 let endpoint = members
                     .endpoints
                     .get(index)
@@ -685,16 +682,25 @@ impl HttpContext for InferenceFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);
         let config = &state.config;
+        // One host call for the headers we look at: each header read alone is a call into Envoy
+        // and, when present, a second one back into the module to allocate its value.
+        let headers = self.get_http_request_headers_bytes();
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| String::from_utf8_lossy(v))
+        };
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
         let mut removed = false;
         for name in [config.destination_header.as_str(), MODEL_NAME_HEADER] {
-            if self.get_http_request_header(name).is_some() {
+            if find(name).is_some() {
                 self.set_http_request_header(name, None);
                 removed = true;
             }
         }
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = find(":method").unwrap_or_default();
+        let path = find(":path").unwrap_or_default();
         self.api = openai::inference_api(&method, &path);
         if self.api.is_none() {
             if removed {
@@ -705,7 +711,7 @@ impl HttpContext for InferenceFilter {
         if end_of_stream {
             return self.reply(400, "invalid_request_error", "request body is empty");
         }
-        let content_length = self.get_http_request_header("content-length");
+        let content_length = find("content-length");
         self.had_content_length = content_length.is_some();
         if let Some(len) = content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
             if len > config.max_request_body_bytes {
@@ -761,7 +767,8 @@ impl HttpContext for InferenceFilter {
         if !self.routed {
             return Action::Continue;
         }
-        if self.first_byte_ms.is_none() && body_size > 0 {
+        // Only a stream's time to first token falls back on the first byte: no clock read otherwise.
+        if self.streaming && self.first_byte_ms.is_none() && body_size > 0 {
             self.first_byte_ms = Some(host::now_ms());
         }
         // Each chunk is read (and, when we added the usage event, filtered) as it passes; never

@@ -5,6 +5,7 @@
 
 use crate::collector::{snapshot_key, version_key};
 use crate::counters::{fingerprint, PoolCounters};
+use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
 use router_core::config::Pool;
 use router_core::pool::{self, EndpointState};
@@ -19,7 +20,10 @@ pub struct Members {
     pub states: Vec<Option<EndpointState>>,
     pub counters: PoolCounters,
     /// `inference_router_endpoint_picks_total` name per member.
-    pub pick_stats: Vec<String>,
+    pick_stats: Vec<String>,
+    /// Its metric id per member, defined on the member's first pick: a pick then costs one host
+    /// call, no name hashing.
+    pick_ids: Vec<Cell<Option<u32>>>,
     /// Bumped whenever the member list itself changes.
     pub generation: u64,
 }
@@ -33,6 +37,7 @@ impl Members {
     ) -> Members {
         Members {
             counters: PoolCounters::new(pool, endpoints.len(), fingerprint(&endpoints)),
+            pick_ids: vec![Cell::new(None); endpoints.len()],
             pick_stats: endpoints
                 .iter()
                 .map(|e| {
@@ -45,6 +50,24 @@ impl Members {
             endpoints,
             states,
             generation,
+        }
+    }
+
+    /// Count a pick of member `i` in `inference_router_endpoint_picks_total`.
+    pub fn count_pick(&self, i: usize) {
+        let (Some(cell), Some(name)) = (self.pick_ids.get(i), self.pick_stats.get(i)) else {
+            return;
+        };
+        let id = match cell.get() {
+            Some(id) => Some(id),
+            None => {
+                let id = host_stats::define_counter(name);
+                cell.set(id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            host_stats::increment_id(id, 1);
         }
     }
 }
@@ -122,6 +145,7 @@ impl PoolView {
                 endpoints: current.endpoints.clone(),
                 counters: current.counters.clone(),
                 pick_stats: current.pick_stats.clone(),
+                pick_ids: current.pick_ids.clone(),
                 generation: current.generation,
             }
         } else if self.discovered {
@@ -146,6 +170,7 @@ impl PoolView {
                 endpoints: current.endpoints.clone(),
                 counters: current.counters.clone(),
                 pick_stats: current.pick_stats.clone(),
+                pick_ids: current.pick_ids.clone(),
                 generation: current.generation,
             }
         };
