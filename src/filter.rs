@@ -721,7 +721,9 @@ impl HttpContext for InferenceFilter {
         self.session = config
             .session_header
             .as_deref()
-            .and_then(|h| self.get_http_request_header(h));
+            // As bytes: the SDK's string getter traps on a value that is not UTF-8.
+            .and_then(|h| self.get_http_request_header_bytes(h))
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
         self.stage = Stage::Buffering;
         self.started_ms = host::now_ms();
         Action::Pause
@@ -747,9 +749,10 @@ impl HttpContext for InferenceFilter {
             return Action::Continue;
         }
         // A compressed body cannot be read as it passes; its tokens go uncounted.
+        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
         let encoded = self
-            .get_http_response_header("content-encoding")
-            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+            .get_http_response_header_bytes("content-encoding")
+            .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
         self.usage = match (encoded, self.streaming, self.usage_injected) {
             (true, _, _) => UsageReader::None,
             (false, false, _) => UsageReader::Json(UsageScanner::new()),

@@ -252,3 +252,53 @@ async fn zero_weights() {
     assert_eq!(counts[1], 0, "a zero-weight target was picked: {counts:?}");
     assert!(counts[0] > 0 && counts[2] > 0, "{counts:?}");
 }
+
+/// Header values are bytes: a session header (or any header the plugin reads) that is not UTF-8
+/// must not trap the VM. Sent over a raw connection, since HTTP clients refuse such values.
+#[tokio::test]
+async fn a_session_header_that_is_not_utf8_is_still_sticky_and_harmless() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(2, config).await.unwrap();
+    let addr = stack.envoy.addr().unwrap();
+    let raw = |session: &[u8]| {
+        let body = json!({"model": "lora-request", "prompt": "hi"}).to_string();
+        let mut req = format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\nx-session-id: ",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(session);
+        req.extend_from_slice(b"\r\n\r\n");
+        req.extend_from_slice(body.as_bytes());
+        req
+    };
+    for _ in 0..6 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(&raw(b"caf\xe9-\xff")).await.unwrap();
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).await.unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    let mut models: Vec<String> = stack
+        .requests()
+        .iter()
+        .map(|r| r.header(MODEL_HEADER).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(models.len(), 6);
+    models.sort();
+    models.dedup();
+    assert_eq!(models.len(), 1, "one session, one target: {models:?}");
+    // And the VM still serves ordinary requests.
+    let r = stack
+        .client
+        .post(
+            "/v1/completions",
+            json!({"model": "lora-request", "prompt": "hi"}).to_string(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
