@@ -258,10 +258,36 @@ async fn dashboards_and_alerts_work_on_a_real_prometheus_in_front_of_the_gateway
     .unwrap();
 
     // Traffic, spread over several scrapes so every counter also rises after it first appears
-    // (Prometheus' rate() counts from a series' first sample).
+    // (Prometheus' rate() counts from a series' first sample). Each round waits until Prometheus
+    // has scraped the previous one, histograms included (Envoy shows them after its 1 s stats
+    // flush): on a loaded machine a slow first scrape would otherwise see all of it at once.
     let client = envoy.client().unwrap();
     let mut usage = Usage::new();
+    let mut seen = 0.0;
     for round in 0..3u32 {
+        seen = eventually(SETTLE, || async {
+            let total = prometheus
+                .query("sum(inference_router_request_duration_ms_count)")
+                .await
+                .map_err(|e| e.to_string())?
+                .first()
+                .map_or(0.0, |s| s.value);
+            // The first round waits for Prometheus to scrape the gateway at all.
+            let ready = if round == 0 {
+                !prometheus
+                    .query("up{job=\"inference-gateway\"} == 1")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_empty()
+            } else {
+                total > seen
+            };
+            ready.then_some(total).ok_or(format!(
+                "Prometheus has not scraped round {round} yet: {total}"
+            ))
+        })
+        .await
+        .unwrap();
         for chat in [false, true] {
             for stream in [false, true] {
                 for model in ["tiny-llama", "lora-request", "batch"] {
@@ -300,8 +326,25 @@ async fn dashboards_and_alerts_work_on_a_real_prometheus_in_front_of_the_gateway
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // One pod's /metrics fails: up = 0, scrape errors rise.
-    sims[2].set_metrics_fail(MetricsFail::Status500).await;
-    wait_gauge(&envoy, "inference_router_endpoint_up", &eps[2], 0.0).await;
+    // The pod with the fewest adapter requests: LoRA affinity may have sent every adapter request
+    // to one pod, whose `vllm:lora_requests_info` the engine dashboard must still see.
+    let mut adapter_requests = Vec::new();
+    for s in &sims {
+        let st = s.stats().await;
+        let base = &s.config().base_model;
+        let n: u64 = st
+            .requests_by_model
+            .iter()
+            .filter(|(m, _)| *m != base)
+            .map(|(_, n)| n)
+            .sum();
+        adapter_requests.push(n);
+    }
+    let down = (0..sims.len())
+        .min_by_key(|i| adapter_requests[*i])
+        .unwrap();
+    sims[down].set_metrics_fail(MetricsFail::Status500).await;
+    wait_gauge(&envoy, "inference_router_endpoint_up", &eps[down], 0.0).await;
 
     let mut failures: Vec<String> = Vec::new();
 
@@ -447,7 +490,7 @@ async fn dashboards_and_alerts_work_on_a_real_prometheus_in_front_of_the_gateway
     for s in &sims {
         s.unpin().await;
     }
-    sims[2].set_metrics_fail(MetricsFail::Ok).await;
+    sims[down].set_metrics_fail(MetricsFail::Ok).await;
     assert!(
         failures.is_empty(),
         "{} failure(s):\n{}",
