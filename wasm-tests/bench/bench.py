@@ -1202,19 +1202,14 @@ def section_scheduling(path, doc, proxy=None):
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(rows)}
 """)
-        plot = [by[(key, s)] for s in ("round-robin", "DEFAULT") if (key, s) in by and by[(key, s)]["kv_series"]]
-        if key != "prefix" and len(plot) == 2:
+        # Round-robin against the strategy the workload is for.
+        versus = "PREFIX_CACHE" if key == "prefix" else "DEFAULT"
+        plot = [by[(key, s)] for s in ("round-robin", versus) if (key, s) in by and by[(key, s)]["kv_series"]]
+        if len(plot) == 2:
             name = f"kv-{key}.svg"
             with open(os.path.join(img_dir, name), "w") as f:
-                f.write(svg_kv(plot, f"{info['title']}: KV-cache use per pod, round-robin vs DEFAULT"))
-            parts.append(f"![KV-cache use per pod over time, {info['title']}: round-robin vs DEFAULT](bench/{name})\n")
-        elif key == "prefix":
-            plot = [by[(key, s)] for s in ("round-robin", "PREFIX_CACHE") if (key, s) in by]
-            if len(plot) == 2:
-                name = f"kv-{key}.svg"
-                with open(os.path.join(img_dir, name), "w") as f:
-                    f.write(svg_kv(plot, f"{info['title']}: KV-cache use per pod, round-robin vs PREFIX_CACHE"))
-                parts.append(f"![KV-cache use per pod over time, {info['title']}: round-robin vs PREFIX_CACHE](bench/{name})\n")
+                f.write(svg_kv(plot, f"{info['title']}: KV-cache use per pod, round-robin vs {versus}"))
+            parts.append(f"![KV-cache use per pod over time, {info['title']}: round-robin vs {versus}](bench/{name})\n")
 
     # Targets.
     targets = []

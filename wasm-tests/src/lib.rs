@@ -17,6 +17,17 @@ use std::time::Duration;
 /// How long a test waits for something that should happen promptly before failing loudly.
 pub const PROMPT: Duration = Duration::from_secs(20);
 
+/// The canary example's ten adapters (examples/canary/config.json, envoy/envoy.yaml): what
+/// `make run`'s pods and the scheduling benchmark serve.
+pub fn canary_adapters() -> Vec<String> {
+    let mut names = Vec::new();
+    for base in ["sql-lora", "tweet-summary"] {
+        names.push(base.to_string());
+        names.extend((1..=4).map(|i| format!("{base}-{i}")));
+    }
+    names
+}
+
 /// The repository root: the parent of this crate's manifest directory.
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

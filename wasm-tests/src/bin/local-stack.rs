@@ -13,20 +13,11 @@ const PODS: [&str; 4] = [
     "127.0.0.14:8000",
 ];
 
-fn adapters() -> Vec<String> {
-    let mut names = Vec::new();
-    for base in ["sql-lora", "tweet-summary"] {
-        names.push(base.to_string());
-        names.extend((1..=4).map(|i| format!("{base}-{i}")));
-    }
-    names
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let root = wasm_tests::repo_root();
     let options = PodOptions {
-        adapters: adapters(),
+        adapters: wasm_tests::canary_adapters(),
         strict_models: true,
         ..PodOptions::default()
     };

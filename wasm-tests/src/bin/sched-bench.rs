@@ -13,16 +13,6 @@ use wasm_tests::schedbench::workload::{self, Scale};
 use wasm_tests::schedbench::{self, Setup, Strategy};
 use wasm_tests::sim::SimConfig;
 
-/// The canary example's ten adapters (examples/canary/config.json).
-fn adapters() -> Vec<String> {
-    let mut names = Vec::new();
-    for base in ["sql-lora", "tweet-summary"] {
-        names.push(base.to_string());
-        names.extend((1..=4).map(|i| format!("{base}-{i}")));
-    }
-    names
-}
-
 struct Args {
     out: String,
     quick: bool,
@@ -84,7 +74,7 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let mut sim = SimConfig {
         base_model: "meta-llama/Llama-2-7b-hf".to_string(),
-        adapters: adapters(),
+        adapters: wasm_tests::canary_adapters(),
         ..SimConfig::default()
     };
     // 20× faster than a GPU: wall time stays short while 1 ms of host delay is only 20 ms
@@ -126,7 +116,7 @@ async fn main() -> Result<()> {
     if let Some(n) = args.prompts {
         scale.random_prompts = n;
     }
-    let adapters = adapters();
+    let adapters = setup.sim.adapters.clone();
     let mut results = Vec::new();
     let started = Instant::now();
     for key in &args.workloads {

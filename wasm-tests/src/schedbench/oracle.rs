@@ -4,7 +4,7 @@
 //! it has sent that have not reached their pod yet. Greedy with perfect information: not a proven
 //! optimum, but no gateway that learns state from scrapes can know more.
 
-use crate::sim::{Probe, RequestKey, Sim, SimConfig};
+use crate::sim::{shared_prefix_len, Probe, RequestKey, Sim, SimConfig};
 use std::collections::VecDeque;
 
 /// A request the oracle sent that its pod has not received yet.
@@ -69,15 +69,10 @@ impl Oracle {
         // Prefix: what the cache holds now, or will hold once a request already there (or on
         // its way) has computed the shared blocks.
         let max_blocks = (key.prompt_len.saturating_sub(1) / c.block_size.max(1)) as usize;
+        let own_blocks = &key.hashes[..max_blocks.min(key.hashes.len())];
         let in_transit_blocks = transit
             .iter()
-            .map(|t| {
-                t.hashes
-                    .iter()
-                    .zip(key.hashes.iter().take(max_blocks))
-                    .take_while(|(a, b)| a == b)
-                    .count()
-            })
+            .map(|t| shared_prefix_len(&t.hashes, own_blocks))
             .max()
             .unwrap_or(0) as u32;
         let cached = p
@@ -87,8 +82,7 @@ impl Oracle {
         let own_tokens = u64::from(key.prompt_len.saturating_sub(cached));
         // Prefill of everything ahead and of the request itself.
         let prefill_s = (ahead_tokens + own_tokens) as f64 / c.prefill_tokens_per_s;
-        let batch = (p.running + queued + 1) as f64;
-        let step_s = c.base_itl_s * (1.0 + c.itl_growth * (batch - 1.0));
+        let step_s = c.decode_step_s(p.running + queued + 1);
         // KV blocks short once the queue ahead is admitted: wait for running requests to free
         // them, at the pod's decode pace.
         let need = (u64::from(key.prompt_len) + u64::from(max_tokens)).div_ceil(bs)

@@ -459,7 +459,7 @@ impl Engine {
                 let (hit_blocks, n) = {
                     let r = &self.waiting[j];
                     let hits = if cfg.enable_prefix_caching {
-                        self.cached_prefix(r)
+                        self.cached_prefix(&r.hashes, r.known())
                     } else {
                         Vec::new()
                     };
@@ -520,10 +520,9 @@ impl Engine {
         if items.is_empty() {
             return None;
         }
-        let batch = items.len() as f64;
         let tokens: u32 = items.iter().map(|(_, n)| n).sum();
         self.recorded.h_iteration_tokens.observe(f64::from(tokens));
-        let duration = cfg.base_itl_s * (1.0 + cfg.itl_growth * (batch - 1.0))
+        let duration = cfg.decode_step_s(items.len())
             + f64::from(prefill_tokens) / cfg.prefill_tokens_per_s
             + f64::from(loads) * cfg.lora_load_s;
         Some(Step { items, duration })
@@ -549,11 +548,11 @@ impl Engine {
         true
     }
 
-    /// The cached blocks of the longest prefix of `r`'s full prompt blocks, at most `known − 1`
-    /// tokens.
-    fn cached_prefix(&self, r: &Req) -> Vec<u32> {
-        let max = ((r.known().saturating_sub(1)) / self.cfg.block_size.max(1)) as usize;
-        r.hashes
+    /// The cached blocks of the longest prefix of a request's full prompt blocks (`hashes`), at
+    /// most `known − 1` tokens.
+    fn cached_prefix(&self, hashes: &[u64], known: u32) -> Vec<u32> {
+        let max = (known.saturating_sub(1) / self.cfg.block_size.max(1)) as usize;
+        hashes
             .iter()
             .take(max)
             .map_while(|h| self.pool.cached.get(h).copied())
@@ -670,16 +669,14 @@ pub struct Probe {
     /// Prompt tokens of the candidate shared with a request running or waiting here: cached once
     /// that request's prefill has computed them.
     pub pending_prefix_tokens: u32,
-    /// The candidate's adapter is in the running batch / in a GPU slot.
-    pub adapter_active: bool,
+    /// The candidate's adapter is in a GPU slot (true for the base model).
     pub adapter_resident: bool,
-    /// The candidate's adapter cannot join the batch before an active adapter's requests drain.
-    pub adapter_blocked: bool,
-    /// If blocked: simulated seconds until the first active adapter's running requests finish.
+    /// When the candidate's adapter cannot join the batch before an active adapter's requests
+    /// drain: simulated seconds until the first active adapter's running requests finish; else 0.
     pub adapter_wait_s: f64,
     /// Tokens still to decode, summed over running requests.
     pub running_remaining_tokens: u64,
-    /// Adapters of the running batch and of the waiting queue (sorted, distinct).
+    /// Adapters of the running batch, and of the waiting queue (each sorted, distinct).
     pub active: Vec<usize>,
     pub waiting_adapters: Vec<usize>,
     pub max_loras: usize,
@@ -689,29 +686,20 @@ impl Engine {
     /// The pod's exact state as the oracle sees it for a request of `adapter` with `hashes`.
     pub(crate) fn probe(&self, adapter: Option<usize>, hashes: &[u64], prompt_len: u32) -> Probe {
         let bs = self.cfg.block_size.max(1);
-        let step_s = self.cfg.base_itl_s
-            * (1.0 + self.cfg.itl_growth * (self.running.len().max(1) as f64 - 1.0));
+        let step_s = self.cfg.decode_step_s(self.running.len());
         let active = self.active_adapters();
         let max = (prompt_len.saturating_sub(1) / bs) as usize;
         let cached_blocks = if self.cfg.enable_prefix_caching {
-            hashes
-                .iter()
-                .take(max)
-                .take_while(|h| self.pool.cached.contains_key(h))
-                .count()
+            self.cached_prefix(hashes, prompt_len).len()
         } else {
             0
         };
-        let (adapter_active, adapter_resident, adapter_blocked) = match adapter {
-            None => (true, true, false),
-            Some(a) => {
-                let act = active.contains(&a);
-                (
-                    act,
-                    self.resident.contains(&a),
-                    !act && active.len() >= self.cfg.max_loras as usize,
-                )
-            }
+        let (adapter_resident, adapter_blocked) = match adapter {
+            None => (true, false),
+            Some(a) => (
+                self.resident.contains(&a),
+                !active.contains(&a) && active.len() >= self.cfg.max_loras as usize,
+            ),
         };
         let adapter_wait_s = if adapter_blocked {
             active
@@ -749,19 +737,11 @@ impl Engine {
                 .running
                 .iter()
                 .chain(self.waiting.iter())
-                .map(|r| {
-                    r.hashes
-                        .iter()
-                        .zip(hashes.iter().take(max))
-                        .take_while(|(a, b)| a == b)
-                        .count()
-                })
+                .map(|r| shared_prefix_len(&r.hashes, &hashes[..max.min(hashes.len())]))
                 .max()
                 .unwrap_or(0) as u32
                 * bs,
-            adapter_active,
             adapter_resident,
-            adapter_blocked,
             adapter_wait_s,
             running_remaining_tokens: self
                 .running
@@ -778,4 +758,9 @@ impl Engine {
             max_loras: self.cfg.max_loras as usize,
         }
     }
+}
+
+/// Leading blocks two prompts share: the length of their hash chains' common prefix.
+pub(crate) fn shared_prefix_len(a: &[u64], b: &[u64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

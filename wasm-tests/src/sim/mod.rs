@@ -27,6 +27,7 @@ mod http;
 pub mod metrics;
 mod openai;
 
+pub(crate) use engine::shared_prefix_len;
 pub use engine::Probe;
 pub use metrics::PinnedMetrics;
 
@@ -128,6 +129,11 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// A decode step's time with `batch` sequences (at least one), before prefill and loads.
+    pub fn decode_step_s(&self, batch: usize) -> f64 {
+        self.base_itl_s * (1.0 + self.itl_growth * (batch.max(1) as f64 - 1.0))
+    }
+
     /// Set one parameter by its command-line name (without `--`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T> {
