@@ -1,15 +1,21 @@
 //! The HTTP filter role: one `InferenceFilter` per request. Request flow (CONTRACT section 4):
-//! headers are paused, the body is buffered, the core decides (model, target, endpoint), and this
+//! headers are held, the body is buffered, the core decides (model, target, endpoint), and this
 //! layer carries the decision out: rewrite the model bytes, set the routing headers, clear the
 //! route cache, or send the error reply. Responses pass through untouched, never buffered.
+//!
+//! Two modes (`Mode`): the single filter pauses the headers itself (Envoy must allow it with
+//! `allow_on_headers_stop_iteration`); the reader lets them go on to the gate (`crate::gate`),
+//! which holds them, and sends the header edits there instead of making them.
 
 use crate::host;
 use crate::pool_view::{Members, PoolView};
 use crate::prefix_share::{PrefixShare, SHARE_PERIOD};
 use crate::stats as host_stats;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use router_core::config::{Config, Criticality};
+use router_core::config::{Config, Criticality, FailureMode};
+use router_core::gate::{GateAddress, HeaderEdit, Release, GATE_ADDRESS_KEY, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, SseParser, Usage, UsageScanner, UsageStripper};
 use router_core::request::{decide_model, ModelDecision};
 use router_core::scheduling::{
@@ -18,6 +24,7 @@ use router_core::scheduling::{
 };
 use router_core::stats;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
@@ -40,6 +47,19 @@ pub struct FilterState {
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
     metric_ids: RefCell<host_stats::IdMap<(Metric, Labels), Option<u32>>>,
+    /// Reader mode: gate queues resolved so far, by (vm_id, queue name).
+    gate_queues: RefCell<HashMap<(String, String), u32>>,
+    /// Reader mode: whether this worker has said once how it found its gates.
+    gate_logged: Cell<bool>,
+}
+
+/// How the filter holds the request while it reads the body.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Pause the headers here (`allow_on_headers_stop_iteration: true`).
+    Single,
+    /// Let the headers go on to the gate, which holds them; send it the header edits.
+    Reader,
 }
 
 /// How an endpoint was chosen, or why none was.
@@ -106,7 +126,35 @@ impl FilterState {
             prefixes,
             shares,
             last_share_ms: Cell::new(0),
+            gate_queues: RefCell::new(HashMap::new()),
+            gate_logged: Cell::new(false),
         }
+    }
+
+    /// The shared queue of the gate at `address`, resolved once per gate VM.
+    fn gate_queue(&self, address: &GateAddress) -> Option<u32> {
+        let key = (address.vm_id.clone(), address.queue.clone());
+        if let Some(&id) = self.gate_queues.borrow().get(&key) {
+            return Some(id);
+        }
+        let id = hostcalls::resolve_shared_queue(&address.vm_id, &address.queue)
+            .ok()
+            .flatten()?;
+        if !self.gate_logged.replace(true) {
+            // Istio gives both filters the same VM (no vm_id), Envoy Gateway one VM each.
+            log::info!(
+                "reader: gate queue {} found in vm_id \"{}\" ({} VM)",
+                address.queue,
+                address.vm_id,
+                if address.instance == host::vm_instance() {
+                    "this reader's"
+                } else {
+                    "another"
+                }
+            );
+        }
+        self.gate_queues.borrow_mut().insert(key, id);
+        Some(id)
     }
 
     fn count_request(&self, labels: Labels, outcome: &'static str) {
@@ -281,6 +329,10 @@ enum Stage {
 
 pub struct InferenceFilter {
     state: Rc<FilterState>,
+    mode: Mode,
+    /// Reader mode: the request-header edits the gate is to make, and where that gate waits.
+    edits: Vec<HeaderEdit>,
+    gate: Option<GateAddress>,
     stage: Stage,
     had_content_length: bool,
     session: Option<String>,
@@ -414,9 +466,12 @@ enum TargetLabel {
 const OTHER: &str = "other";
 
 impl InferenceFilter {
-    pub fn new(state: Rc<FilterState>) -> InferenceFilter {
+    pub fn new(state: Rc<FilterState>, mode: Mode) -> InferenceFilter {
         InferenceFilter {
             state,
+            mode,
+            edits: Vec::new(),
+            gate: None,
             stage: Stage::Done,
             had_content_length: false,
             session: None,
@@ -460,20 +515,14 @@ impl InferenceFilter {
         ];
         for (key, value) in fields {
             if let Some(value) = value {
-                self.set_property(vec![key], Some(value.as_bytes()));
+                host::set_property(key, value.as_bytes());
             }
         }
         if let Some(u) = self.usage_result {
             let prompt = u.prompt_tokens.to_string();
             let completion = u.completion_tokens.to_string();
-            self.set_property(
-                vec!["inference_router.prompt_tokens"],
-                Some(prompt.as_bytes()),
-            );
-            self.set_property(
-                vec!["inference_router.completion_tokens"],
-                Some(completion.as_bytes()),
-            );
+            host::set_property("inference_router.prompt_tokens", prompt.as_bytes());
+            host::set_property("inference_router.completion_tokens", completion.as_bytes());
         }
     }
 
@@ -519,7 +568,7 @@ impl InferenceFilter {
                     .get(index)
                     .map(String::as_str)
                     .unwrap_or_default();
-                self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+                self.edit_header(&state.config.destination_header, endpoint);
                 self.endpoint = Some(endpoint.to_string());
                 if counted {
                     self.counted = Some((members, index));
@@ -574,7 +623,7 @@ impl InferenceFilter {
             }
         };
         if self.had_content_length {
-            self.set_http_request_header("content-length", Some(&new_len.to_string()));
+            self.edit_header("content-length", &new_len.to_string());
         }
     }
 
@@ -582,7 +631,7 @@ impl InferenceFilter {
         self.target_model = Some(model.to_string());
         // Envoy refuses header values with control characters; such a name simply goes without it.
         if model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
-            self.set_http_request_header(MODEL_NAME_HEADER, Some(model));
+            self.edit_header(MODEL_NAME_HEADER, model);
         }
     }
 
@@ -592,6 +641,12 @@ impl InferenceFilter {
             Ok(f) => f,
             Err(e) => return self.reply(400, "invalid_request_error", &e.message()),
         };
+        if self.mode == Mode::Reader {
+            self.gate = host::property(GATE_ADDRESS_KEY).and_then(|b| GateAddress::decode(&b).ok());
+            if self.gate.is_none() {
+                return self.without_gate();
+            }
+        }
         let state = Rc::clone(&self.state);
         let session = self
             .session
@@ -660,7 +715,9 @@ impl InferenceFilter {
                 self.set_model_header(target.unwrap_or(&fields.model));
             }
         }
-        host::clear_route_cache();
+        if let Err(action) = self.carry_out_routing() {
+            return action;
+        }
         self.routed = true;
         self.inference = true;
         self.streaming = fields.stream;
@@ -726,7 +783,15 @@ impl HttpContext for InferenceFilter {
             .map(|v| String::from_utf8_lossy(&v).into_owned());
         self.stage = Stage::Buffering;
         self.started_ms = host::now_ms();
-        Action::Pause
+        match self.mode {
+            Mode::Single => Action::Pause,
+            // The gate pauses the headers for us once it sees the mark; from here on this
+            // filter may not touch the request headers (Envoy refuses, the SDK would trap).
+            Mode::Reader => {
+                host::set_property(READER_MARK_KEY, b"1");
+                Action::Continue
+            }
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -881,9 +946,85 @@ impl InferenceFilter {
         self.usage_result = Some(usage);
     }
 
+    /// A request-header change of the decision: made now (single filter), or sent to the gate.
+    fn edit_header(&mut self, name: &str, value: &str) {
+        match self.mode {
+            Mode::Single => self.set_http_request_header(name, Some(value)),
+            Mode::Reader => self.edits.push(HeaderEdit {
+                name: name.to_string(),
+                value: Some(value.to_string()),
+            }),
+        }
+    }
+
+    /// The headers are set: make Envoy pick the route again (single filter), or hand the edits to
+    /// the gate, which makes them, clears the route cache and resumes the request.
+    fn carry_out_routing(&mut self) -> Result<(), Action> {
+        if self.mode == Mode::Single {
+            host::clear_route_cache();
+            return Ok(());
+        }
+        let Some(address) = self.gate.take() else {
+            return Ok(());
+        };
+        let release = Release {
+            context_id: address.context_id,
+            edits: std::mem::take(&mut self.edits),
+            clear_route_cache: true,
+        };
+        let sent = self
+            .state
+            .gate_queue(&address)
+            .map(|q| hostcalls::enqueue_shared_queue(q, Some(&release.encode())));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            other => {
+                log::warn!(
+                    "reader: the gate's queue {} is not reachable: {other:?}",
+                    address.queue
+                );
+                Err(self.reply(
+                    503,
+                    "service_unavailable",
+                    "inference-router: the gate filter is not reachable",
+                ))
+            }
+        }
+    }
+
+    /// Reader mode with no gate on the request's filter chain: the router has already chosen a
+    /// host and the headers are gone, so nothing may change (not even the body: its length is
+    /// announced). `failureMode` decides: pass the request on untouched, or answer 503.
+    fn without_gate(&mut self) -> Action {
+        host_stats::increment(stats::READER_GATE_MISSING_TOTAL, 1);
+        log_gate_missing_once();
+        self.stage = Stage::Done;
+        match self.state.config.failure_mode {
+            FailureMode::FailOpen => Action::Continue,
+            FailureMode::FailClose => self.reply(
+                503,
+                "service_unavailable",
+                "inference-router: no gate filter on this route to carry out the decision",
+            ),
+        }
+    }
+
     fn too_large(&mut self) -> Action {
         let max = self.state.config.max_request_body_bytes;
         let msg = format!("request body is larger than {max} bytes");
         self.reply(413, "invalid_request_error", &msg)
+    }
+}
+
+fn log_gate_missing_once() {
+    thread_local! {
+        static LOGGED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !LOGGED.with(|l| l.replace(true)) {
+        log::error!(
+            "reader: no inference-router-gate on this request's filter chain: install the gate \
+             after the reader and before the router; until then failureMode decides: requests go \
+             on untouched (FailOpen) or get 503 (FailClose)"
+        );
     }
 }

@@ -2,16 +2,45 @@
 
 use proxy_wasm::hostcalls;
 
+/// The single filter: needs `allow_on_headers_stop_iteration: true` (plain Envoy, EnvoyFilter).
 pub const FILTER_ROOT_ID: &str = "inference-router";
+/// The pair for installs that cannot set that flag (Istio WasmPlugin, Envoy Gateway): the
+/// reader decides from the body, the gate holds the headers until it has (`router_core::gate`).
+pub const READER_ROOT_ID: &str = "inference-router-reader";
+pub const GATE_ROOT_ID: &str = "inference-router-gate";
 pub const COLLECTOR_ROOT_ID: &str = "inference-router-collector";
 
 /// The `root_id` Envoy gave this plugin, which selects its role.
 pub fn root_id() -> String {
-    hostcalls::get_property(vec!["plugin_root_id"])
-        .ok()
-        .flatten()
+    string_property("plugin_root_id")
+}
+
+/// This plugin's `vm_id` (empty when Envoy was given none, as under Istio).
+pub fn vm_id() -> String {
+    string_property("plugin_vm_id")
+}
+
+fn string_property(name: &str) -> String {
+    property(name)
         .and_then(|b| String::from_utf8(b).ok())
         .unwrap_or_default()
+}
+
+/// A property of the current (or effective) context, e.g. filter state Envoy keeps as
+/// `wasm.<key>`. Absent and failed reads are both None: the SDK's own getter panics on a failure.
+pub fn property(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_property(vec![key]).ok().flatten()
+}
+
+/// Set filter state `wasm.<key>` on the current stream; a refusal is logged, never a trap.
+pub fn set_property(key: &str, value: &[u8]) -> bool {
+    match hostcalls::set_property(vec![key], Some(value)) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("property {key} not set: {e:?}");
+            false
+        }
+    }
 }
 
 /// Make Envoy pick the route again: the filter changed headers a route may match on.
@@ -41,4 +70,13 @@ pub fn now_ms() -> u64 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A random number fixed for this VM instance (every worker has its own instance of a VM):
+/// tells two roles whether they share one.
+pub fn vm_instance() -> u64 {
+    thread_local! {
+        static INSTANCE: u64 = random_seed();
+    }
+    INSTANCE.with(|i| *i)
 }

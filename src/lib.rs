@@ -7,6 +7,7 @@
 mod collector;
 mod counters;
 mod filter;
+mod gate;
 mod host;
 mod plugin;
 mod pool_view;

@@ -1,9 +1,17 @@
-//! The root context: reads the role and the configuration document, then hands out HTTP contexts
-//! (filter role) and runs the metrics collector (collector role, or the filter role in embedded
-//! collector mode).
+//! The root context: reads the role (Envoy's `root_id`) and the configuration document, then
+//! hands out HTTP contexts (filter roles) and runs the metrics collector (collector role, or the
+//! filter roles in embedded collector mode).
+//!
+//! | root_id | role |
+//! | --- | --- |
+//! | `inference-router` | the filter, holding the headers itself (needs `allow_on_headers_stop_iteration`) |
+//! | `inference-router-reader` | the filter, letting the headers go on to the gate |
+//! | `inference-router-gate` | holds the headers until the reader's decision arrives |
+//! | `inference-router-collector` | the singleton metrics collector ("service" mode) |
 
 use crate::collector::Collector;
-use crate::filter::{FilterState, InferenceFilter};
+use crate::filter::{FilterState, InferenceFilter, Mode};
+use crate::gate::{Gate, GateFilter};
 use crate::host;
 use crate::prefix_share::SHARE_PERIOD;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -11,15 +19,22 @@ use proxy_wasm::types::ContextType;
 use router_core::config::{CollectorMode, Config};
 use std::rc::Rc;
 
+enum Role {
+    /// Not configured, or configured for a role with no HTTP contexts.
+    None,
+    Filter(Rc<FilterState>, Mode),
+    Gate(Rc<Gate>),
+}
+
 pub struct Plugin {
-    state: Option<Rc<FilterState>>,
+    role: Role,
     collector: Option<Collector>,
 }
 
 impl Plugin {
     pub fn new() -> Plugin {
         Plugin {
-            state: None,
+            role: Role::None,
             collector: None,
         }
     }
@@ -36,6 +51,31 @@ impl Plugin {
                 false
             }
         }
+    }
+
+    fn configure_filter(&mut self, config: Config, mode: Mode) -> bool {
+        if config.collector == CollectorMode::Embedded
+            && !self.start_collector(&config, Some(host::random_seed()))
+        {
+            return false;
+        }
+        log::info!(
+            "filter ({mode:?}) configured: {} pools, {} models, strategy {:?}, collector {:?}",
+            config.pools.len(),
+            config.models.len(),
+            config.strategy,
+            config.collector
+        );
+        let state = FilterState::new(config, host::random_seed());
+        if state.shares_prefixes() {
+            let period = self
+                .collector
+                .as_ref()
+                .map_or(SHARE_PERIOD, |c| c.tick_period().min(SHARE_PERIOD));
+            self.set_tick_period(period);
+        }
+        self.role = Role::Filter(Rc::new(state), mode);
+        true
     }
 }
 
@@ -69,7 +109,11 @@ fn hostcalls_status(value: Option<String>) -> Option<u16> {
 impl RootContext for Plugin {
     fn on_configure(&mut self, _size: usize) -> bool {
         let role = host::root_id();
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let mut bytes = self.get_plugin_configuration().unwrap_or_default();
+        // The gate needs nothing from the document: its install may leave it out.
+        if role == host::GATE_ROOT_ID && bytes.iter().all(u8::is_ascii_whitespace) {
+            bytes = b"{}".to_vec();
+        }
         // One log line naming the field; returning false makes Envoy refuse the configuration.
         let config = match Config::parse(&bytes) {
             Ok(c) => c,
@@ -78,35 +122,36 @@ impl RootContext for Plugin {
                 return false;
             }
         };
-        if role == host::COLLECTOR_ROOT_ID {
-            log::info!("collector started for {} pools", config.pools.len());
-            return self.start_collector(&config, None);
+        match role.as_str() {
+            host::COLLECTOR_ROOT_ID => {
+                log::info!("collector started for {} pools", config.pools.len());
+                self.start_collector(&config, None)
+            }
+            host::GATE_ROOT_ID => match Gate::new(&config, host::random_seed()) {
+                Ok(gate) => {
+                    self.set_tick_period(gate.tick_period());
+                    log::info!(
+                        "gate configured: decisions due within {} ms",
+                        config.gate_timeout_ms
+                    );
+                    self.role = Role::Gate(Rc::new(gate));
+                    true
+                }
+                Err(e) => {
+                    log::error!("gate not started: {e}");
+                    false
+                }
+            },
+            host::READER_ROOT_ID => self.configure_filter(config, Mode::Reader),
+            host::FILTER_ROOT_ID => self.configure_filter(config, Mode::Single),
+            other => {
+                log::warn!(
+                    "unknown root_id \"{other}\": acting as the filter ({})",
+                    host::FILTER_ROOT_ID
+                );
+                self.configure_filter(config, Mode::Single)
+            }
         }
-        if role != host::FILTER_ROOT_ID {
-            log::warn!("unknown root_id \"{role}\": acting as the filter");
-        }
-        if config.collector == CollectorMode::Embedded
-            && !self.start_collector(&config, Some(host::random_seed()))
-        {
-            return false;
-        }
-        log::info!(
-            "filter configured: {} pools, {} models, strategy {:?}, collector {:?}",
-            config.pools.len(),
-            config.models.len(),
-            config.strategy,
-            config.collector
-        );
-        let state = FilterState::new(config, host::random_seed());
-        if state.shares_prefixes() {
-            let period = self
-                .collector
-                .as_ref()
-                .map_or(SHARE_PERIOD, |c| c.tick_period().min(SHARE_PERIOD));
-            self.set_tick_period(period);
-        }
-        self.state = Some(Rc::new(state));
-        true
     }
 
     fn on_tick(&mut self) {
@@ -114,17 +159,36 @@ impl RootContext for Plugin {
         if let Some(c) = self.collector.as_mut() {
             c.on_tick(now);
         }
-        if let Some(state) = &self.state {
-            state.share_prefixes(now);
+        match &self.role {
+            Role::Filter(state, _) => state.share_prefixes(now),
+            Role::Gate(gate) => gate.on_tick(now),
+            Role::None => {}
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let state = self.state.clone()?;
-        Some(Box::new(InferenceFilter::new(state)))
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Role::Gate(gate) = &self.role {
+            gate.on_queue_ready(queue_id);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match &self.role {
+            Role::Filter(state, mode) => Box::new(InferenceFilter::new(Rc::clone(state), *mode)),
+            Role::Gate(gate) => Box::new(GateFilter::new(Rc::clone(gate), context_id)),
+            // The SDK traps on None: a plugin configured as the collector (or not at all) but
+            // inserted as an HTTP filter lets every request pass.
+            Role::None => Box::new(PassThrough),
+        })
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
+
+/// An HTTP context that does nothing.
+struct PassThrough;
+
+impl Context for PassThrough {}
+impl HttpContext for PassThrough {}

@@ -3,6 +3,7 @@
 //! repository) feeds it request facts and carries out what it decides.
 
 pub mod config;
+pub mod gate;
 pub mod metrics;
 pub mod openai;
 pub mod pool;

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod client;
 pub mod envoy;
+pub mod installs;
 pub mod pod;
 pub mod schedbench;
 pub mod sim;

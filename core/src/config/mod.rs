@@ -13,6 +13,11 @@ use std::net::SocketAddr;
 
 pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
+/// How long a gate holds a request for its reader's decision before it answers 503: the body's
+/// upload counts against it, so it is generous (llm-d's request TTL).
+pub const DEFAULT_GATE_TIMEOUT_MS: u64 = 60_000;
+/// Upper bound of every time field: ten minutes (a typo of a few zeros is refused, not obeyed).
+pub const MAX_TIME_MS: u64 = 600_000;
 
 /// A configuration error: the JSON path of the offending field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +151,8 @@ pub struct Config {
     pub session_header: Option<String>,
     pub max_request_body_bytes: u64,
     pub failure_mode: FailureMode,
+    /// The gate role: how long a request waits for its reader's decision.
+    pub gate_timeout_ms: u64,
 }
 
 impl Config {
@@ -270,6 +277,11 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let gate_timeout_ms = raw.gate.timeout_ms.unwrap_or(DEFAULT_GATE_TIMEOUT_MS);
+    if !(1..=MAX_TIME_MS).contains(&gate_timeout_ms) {
+        return Err(err("gate.timeoutMs", format!("must be 1..={MAX_TIME_MS}")));
+    }
+
     Ok(Config {
         pools,
         models,
@@ -283,6 +295,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         session_header,
         max_request_body_bytes,
         failure_mode,
+        gate_timeout_ms,
     })
 }
 

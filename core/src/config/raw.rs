@@ -22,6 +22,15 @@ pub struct RawConfig {
     pub session_header: Option<String>,
     pub max_request_body_bytes: Option<u64>,
     pub failure_mode: Option<String>,
+    #[serde(default)]
+    pub gate: RawGate,
+}
+
+/// The gate role's own settings (installs without `allow_on_headers_stop_iteration`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawGate {
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

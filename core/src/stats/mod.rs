@@ -18,6 +18,12 @@ pub const ENDPOINT_RUNNING: &str = "inference_router_endpoint_running_requests";
 pub const ENDPOINT_KV_PERMILLE: &str = "inference_router_endpoint_kv_cache_usage_permille";
 pub const ENDPOINT_SCRAPE_ERRORS_TOTAL: &str = "inference_router_endpoint_scrape_errors_total";
 pub const ENDPOINT_UP: &str = "inference_router_endpoint_up";
+/// Gate role: requests answered 503 because their reader's decision did not come in time.
+pub const GATE_TIMEOUTS_TOTAL: &str = "inference_router_gate_timeouts_total";
+/// Gate role: inference requests that reached the gate without the reader's mark.
+pub const GATE_READER_MISSING_TOTAL: &str = "inference_router_gate_reader_missing_total";
+/// Reader role: decisions made with no gate on the request's filter chain to carry them out.
+pub const READER_GATE_MISSING_TOTAL: &str = "inference_router_reader_gate_missing_total";
 
 /// The labels every shipped `stats_tags` rule knows, in the order names carry them.
 pub const LABELS: [&str; 5] = ["pool", "model", "target_model", "endpoint", "outcome"];
