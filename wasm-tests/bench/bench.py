@@ -52,6 +52,8 @@ STRATEGIES = (("rr", "ROUND_ROBIN"), ("random", "RANDOM"), ("lr", "LEAST_REQUEST
 # The strategies that read the collector's snapshot: they share its vm_id (shared data is per vm_id).
 METRICS_STRATEGIES = ("DEFAULT", "PREFIX_CACHE")
 FILTER_ROOT_ID = "inference-router"
+READER_ROOT_ID = "inference-router-reader"
+GATE_ROOT_ID = "inference-router-gate"
 COLLECTOR_ROOT_ID = "inference-router-collector"
 # Same limit on every listener: the plugin must buffer whole 200 KB bodies, which Envoy's 1 MiB
 # default would allow too, but the headroom keeps it from ever being refused on buffer grounds.
@@ -287,7 +289,7 @@ def to_yaml(obj, indent):
     return out
 
 
-def wasm_filter(name, root_id, vm_id, wasm, config, vm_configuration=None):
+def wasm_filter(name, root_id, vm_id, wasm, config, vm_configuration=None, allow_stop=True):
     cfg = {
         "name": name,
         "root_id": root_id,
@@ -300,8 +302,10 @@ def wasm_filter(name, root_id, vm_id, wasm, config, vm_configuration=None):
         cfg["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                 "value": json.dumps(config, separators=(",", ":"))}
     # Without this a pause in the request-headers callback becomes StopAllIteration and the
-    # body callback never runs (proxy-wasm 0.2 ABI default).
-    cfg["allow_on_headers_stop_iteration"] = True
+    # body callback never runs (proxy-wasm 0.2 ABI default). The reader/gate pair works without
+    # it, as Istio and Envoy Gateway install it.
+    if allow_stop:
+        cfg["allow_on_headers_stop_iteration"] = True
     return {"name": "envoy.filters.http.wasm",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": cfg}}
 
@@ -320,7 +324,15 @@ def listener(arm, host):
     else:
         routes = [{"match": {"prefix": "/"}, "route": {"cluster": arm["cluster"]}}]
     filters = []
-    if arm["wasm"]:
+    if arm["wasm"] and arm.get("pair"):
+        # The control-plane install: reader and gate, no allow_on_headers_stop_iteration. One
+        # vm_id for both is Istio's shape (no vm_id: one VM), two are Envoy Gateway's.
+        reader_vm, gate_vm = arm["pair"]
+        filters.append(wasm_filter(arm["name"] + "-reader", READER_ROOT_ID, reader_vm, arm["wasm"], arm["config"],
+                                   allow_stop=False))
+        filters.append(wasm_filter(arm["name"] + "-gate", GATE_ROOT_ID, gate_vm, arm["wasm"], None,
+                                   allow_stop=False))
+    elif arm["wasm"]:
         filters.append(wasm_filter(arm["name"], arm["root_id"], arm["vm_id"], arm["wasm"], arm["config"],
                                    arm.get("vm_configuration")))
     filters.append({"name": "envoy.filters.http.router",
@@ -386,10 +398,13 @@ def arm(name, port, wasm=None, vm_id=None, root_id=FILTER_ROOT_ID, config=None, 
             "vm_configuration": vm_configuration}
 
 
-def plugin_arm(name, port, wasm, vm_id, endpoints, strategy, collector=False, scrape_interval_ms=None, label=""):
+def plugin_arm(name, port, wasm, vm_id, endpoints, strategy, collector=False, scrape_interval_ms=None, label="",
+               pair=None):
     cfg = plugin_config(endpoints, strategy, scrape_interval_ms if collector else None)
-    return arm(name, port, wasm=wasm, vm_id=vm_id, config=cfg, routes_on_header=True, plugin=True,
-               strategy=strategy, endpoints=endpoints, collector=collector, label=label)
+    a = arm(name, port, wasm=wasm, vm_id=vm_id, config=cfg, routes_on_header=True, plugin=True,
+            strategy=strategy, endpoints=endpoints, collector=collector, label=label)
+    a["pair"] = pair
+    return a
 
 
 def stage_spec(a):
@@ -402,13 +417,18 @@ def stage_spec(a):
                 label="floor: pause + buffer + continue filter"),
             plugin_arm("plugin", port + 2, a.wasm, "inference-router", [a.backend], "ROUND_ROBIN",
                        label="inference-router, 1 endpoint, ROUND_ROBIN"),
+            plugin_arm("pair", port + 3, a.wasm, "", [a.backend], "ROUND_ROBIN", pair=("", ""),
+                       label="reader + gate without the flag, one VM (Istio WasmPlugin's shape), as `plugin`"),
+            plugin_arm("pair2vm", port + 4, a.wasm, "", [a.backend], "ROUND_ROBIN",
+                       pair=("bench-pair-reader", "bench-pair-gate"),
+                       label="reader + gate without the flag, a VM each (Envoy Gateway's shape), as `plugin`"),
         ]
         # BENCH_EXTRA_WASM: more builds of the plugin, each on a listener of its own (A/B a change).
         for i, spec in enumerate(x for x in (a.extra or "").split(",") if x.strip()):
             name, _, path = spec.partition("=")
             if not name or not path or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
                 die(f"BENCH_EXTRA_WASM: expected name=path[,name=path...], got {spec!r}")
-            arms.append(plugin_arm(name, port + 3 + i, os.path.abspath(path), f"bench-{name}", [a.backend],
+            arms.append(plugin_arm(name, port + 5 + i, os.path.abspath(path), f"bench-{name}", [a.backend],
                                    "ROUND_ROBIN", label=f"{os.path.basename(path)}, as `plugin`"))
         return {"stage": "main", "bodies": ["2k", "200k"], "arms": arms, "pool_size": 1}
     m = re.fullmatch(r"pool(\d+)", a.stage)
@@ -904,11 +924,12 @@ def section_proxy_cost(res, info):
             m = arm_summary(runs, body, x)
             if x == "plain":
                 ratio_plain = ratio_noop = "—"
-                added_p50 = added_cpu = added_noop_cpu = "—"
+                added_p50 = added_p99 = added_cpu = added_noop_cpu = "—"
             else:
                 rp, _ = paired(runs, body, x, "plain", lambda p, q: p["rps"] / q["rps"])
                 ratio_plain = f"**{rp:.3f}**" if x == "plugin" else f"{rp:.3f}"
                 added_p50 = f"{paired(runs, body, x, 'plain', lambda p, q: p['p50_ms'] - q['p50_ms'])[0]:+.3f} ms"
+                added_p99 = f"{paired(runs, body, x, 'plain', lambda p, q: p['p99_ms'] - q['p99_ms'])[0]:+.3f} ms"
                 added_cpu = f"{paired(runs, body, x, 'plain', lambda p, q: p['cpu_us_per_req'] - q['cpu_us_per_req'])[0]:+,.1f}"
                 if x == "noop" or "noop" not in arms:
                     ratio_noop = added_noop_cpu = "—"
@@ -916,7 +937,7 @@ def section_proxy_cost(res, info):
                     ratio_noop = f"{paired(runs, body, x, 'noop', lambda p, q: p['rps'] / q['rps'])[0]:.3f}"
                     added_noop_cpu = f"{paired(runs, body, x, 'noop', lambda p, q: p['cpu_us_per_req'] - q['cpu_us_per_req'])[0]:+,.1f}"
             rows.append(f"| {label} | {x} | {m['rps']:,.0f} | {ratio_plain} | {ratio_noop} | {m['p50_ms']:.3f} ms "
-                        f"| {added_p50} | {m['p99_ms']:.3f} ms |")
+                        f"| {added_p50} | {m['p99_ms']:.3f} ms | {added_p99} |")
             cpu_rows.append(f"| {label} | {x} | {m['cpu_us_per_req']:,.1f} | {added_cpu} | {added_noop_cpu} "
                             f"| {m['worker_us_per_req']:,.1f} |")
         for r in sorted((r for r in runs if r["body"] == body), key=lambda r: (r["round"], arms.index(r["arm"]))):
@@ -925,9 +946,10 @@ def section_proxy_cost(res, info):
                           f"| {r['envoy_wait_pct']:.0f} | {r['nginx_wait_pct']:.0f} | {r['requests']:,} |")
     spread = []
     for body in spec["bodies"]:
-        if "plugin" in arms:
-            _, pair = paired(runs, body, "plugin", "plain", lambda p, q: p["rps"] / q["rps"])
-            spread.append(f"{BODY[body][1]} {min(pair):.3f} / {med(pair):.3f} / {max(pair):.3f}")
+        for x in ("plugin", "pair", "pair2vm"):
+            if x in arms:
+                _, pair = paired(runs, body, x, "plain", lambda p, q: p["rps"] / q["rps"])
+                spread.append(f"{x} {BODY[body][1]} {min(pair):.3f} / {med(pair):.3f} / {max(pair):.3f}")
     arm_list = "\n".join(f"- `{x}`: {labels[x]}" for x in arms)
     seen = ", ".join(f"`{m}` ×{n}" for m, n in sorted(res["preflight"].get("plugin", {}).get("models", {}).items()))
     mode = "quick (`BENCH_QUICK=1`)" if s["quick"] else "full"
@@ -944,12 +966,14 @@ One Envoy process, one backend, the same closed-loop load on one listener per ar
 
 The floor is what any proxy-wasm filter that holds the headers until the whole body is buffered costs
 (V8 context per request, the callbacks, Envoy buffering the body): `plugin ÷ noop` is what the plugin's
-own work costs. Ratios and added figures are taken within a round (the arms back to back) and then the
+own work costs. `pair` and `pair2vm` are the same plugin installed the way Istio's WasmPlugin and Envoy
+Gateway's EnvoyExtensionPolicy install it (no `allow_on_headers_stop_iteration`: a reader and a gate, see the
+README): `pair ÷ plugin` is what the second filter and the handoff between the two cost. Ratios and added figures are taken within a round (the arms back to back) and then the
 median over {s['rounds']} rounds, so a ratio need not equal the quotient of two req/s medians. The team's
 target: plugin ÷ plain ≥ 0.85 at 2 KB.
 {disturbed_note(runs, res['loadavg'])}
-| body | arm | req/s | ÷ plain | ÷ noop | p50 | added p50 | p99 |
-| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| body | arm | req/s | ÷ plain | ÷ noop | p50 | added p50 | p99 | added p99 |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {chr(10).join(rows)}
 
 Envoy CPU time per request (from `/proc/<pid>/task/*/schedstat`, divided by the requests Envoy answered;
@@ -960,7 +984,7 @@ path); "whole" adds the main thread (admin, stats flush) and Envoy's other threa
 | --- | --- | ---: | ---: | ---: | ---: |
 {chr(10).join(cpu_rows)}
 
-Per-round plugin ÷ plain ratio, min / median / max: {'; '.join(spread)}.
+Per-round ÷ plain ratio, min / median / max: {'; '.join(spread)}.
 
 **Command:** `make bench` (it builds the module, then runs `bash wasm-tests/bench/run.sh`);
 `BENCH_QUICK=1 make bench` for a short run; `BENCH_STAGES=main` for this section alone;

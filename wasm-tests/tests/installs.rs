@@ -16,7 +16,7 @@
 
 mod sched_support;
 
-use sched_support::{prometheus, sum};
+use sched_support::{load, prometheus, sum};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -663,4 +663,70 @@ async fn istio_wasmplugin_members_follow_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_gateway_members_follow_the_service() {
     members_follow_the_service(EnvoyGateway).await;
+}
+
+/// The reader's model-level replies: 404 for an unknown model (`unknownModels: reject`), 429 for
+/// a Sheddable model while every pod is saturated; both while the gate holds the headers.
+async fn model_replies(install: Install) {
+    let pods = pods(2).await;
+    let mut m = install.manifests();
+    let reader = install.reader_config(&mut m);
+    reader["unknownModels"] = json!("reject");
+    reader["models"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"modelName": "batch", "poolRef": POOL, "criticality": "Sheddable"}));
+    let running = start(install, &m, &addrs(&pods)).await;
+    let client = running.client().unwrap();
+    let r = client.post("/v1/completions", completion("no-such-model", 1), &[]).await.unwrap();
+    assert_error(&format!("{install:?} unknown model"), r.status, &r.body, 404);
+    // Saturated pods (queue 10 > 5): Sheddable requests are shed, the others still routed.
+    for pod in &pods {
+        pod.pin(&load(10, 0.1));
+    }
+    let baseline: Vec<usize> = pods.iter().map(Pod::scrape_count).collect();
+    let deadline = Instant::now() + PROMPT;
+    while pods.iter().zip(&baseline).any(|(p, b)| p.scrape_count() < b + 2) {
+        assert!(Instant::now() < deadline, "{install:?}: pods not scraped again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = client.post("/v1/completions", completion("batch", 1), &[]).await.unwrap();
+    assert_error(&format!("{install:?} sheddable, saturated"), r.status, &r.body, 429);
+    let r = client.post("/v1/completions", completion("lora-request", 1), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{install:?}: {}", r.text());
+    let shed = pods
+        .iter()
+        .flat_map(Pod::requests)
+        .filter(|r| matches!(r.model().as_deref(), Some("batch" | "no-such-model")))
+        .count();
+    assert_eq!(shed, 0, "{install:?}: a refused request reached a pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_wasmplugin_rejects_and_sheds() {
+    model_replies(IstioWasmPlugin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_rejects_and_sheds() {
+    model_replies(EnvoyGateway).await;
+}
+
+/// Why the Envoy Gateway install ships a ClientTrafficPolicy: without it the listener buffer is
+/// 32 KiB and Envoy itself refuses a larger prompt while the reader buffers it (413, never a
+/// hang); with it, the same prompt is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_needs_its_buffer_policy_for_large_prompts() {
+    let pods = pods(1).await;
+    let body = format!("{{\"model\":\"lora-request\",\"prompt\":\"{}\"}}", "c".repeat(200_000));
+    let mut m = EnvoyGateway.manifests();
+    m.remove("ClientTrafficPolicy", "inference-gateway-buffer");
+    let running = start(EnvoyGateway, &m, &addrs(&pods)).await;
+    let r = running.client().unwrap().post("/v1/completions", body.clone(), &[]).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(pods[0].request_count(), 0);
+    drop(running);
+    let running = start(EnvoyGateway, &EnvoyGateway.manifests(), &addrs(&pods)).await;
+    let r = running.client().unwrap().post("/v1/completions", body, &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
