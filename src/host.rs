@@ -1,6 +1,12 @@
-//! Small wrappers around hostcalls used by both roles.
+//! The proxy-wasm host calls the roles share, and [`Envoy`]: the core's host traits
+//! (`router_core::host`) carried out with them. Every failure becomes a value or a log line: the
+//! SDK's own getters panic on an unexpected status, which would trap the VM.
 
+use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, Status};
+use router_core::host::{Cas, HttpDispatch, Level, Metrics, Say, SharedStore, Write};
+use std::time::Duration;
 
 /// The single filter: needs `allow_on_headers_stop_iteration: true` (plain Envoy, EnvoyFilter).
 pub const FILTER_ROOT_ID: &str = "inference-router";
@@ -9,6 +15,70 @@ pub const FILTER_ROOT_ID: &str = "inference-router";
 pub const READER_ROOT_ID: &str = "inference-router-reader";
 pub const GATE_ROOT_ID: &str = "inference-router-gate";
 pub const COLLECTOR_ROOT_ID: &str = "inference-router-collector";
+
+/// Envoy, as the core's host traits see it.
+pub struct Envoy;
+
+impl SharedStore for Envoy {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), cas)) => Some((bytes, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Write {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Write::Done,
+            Err(Status::CasMismatch) => Write::Lost,
+            Err(e) => {
+                log::debug!("shared data {key} not written: {e:?}");
+                Write::Failed
+            }
+        }
+    }
+}
+
+impl HttpDispatch for Envoy {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl Metrics for Envoy {
+    fn add_counter(&self, name: &str, by: u64) {
+        host_stats::increment(name, by);
+    }
+
+    fn set_gauge(&self, name: &str, value: u64) {
+        host_stats::gauge(name, value);
+    }
+}
+
+impl Say for Envoy {
+    fn say(&self, level: Level, message: &str) {
+        match level {
+            Level::Debug => log::debug!("{message}"),
+            Level::Info => log::info!("{message}"),
+            Level::Warn => log::warn!("{message}"),
+            Level::Error => log::error!("{message}"),
+        }
+    }
+}
+
+/// Follow Envoy's own log level for Wasm (`--component-log-level wasm:debug`, or the admin's
+/// `/logging?wasm=debug` at run time): the module's logger drops what Envoy would not print, before
+/// formatting it.
+pub fn follow_log_level() {
+    let level = hostcalls::get_log_level().unwrap_or(LogLevel::Info);
+    proxy_wasm::set_log_level(level);
+}
 
 /// The `root_id` Envoy gave this plugin, which selects its role.
 pub fn root_id() -> String {
@@ -27,7 +97,7 @@ fn string_property(name: &str) -> String {
 }
 
 /// A property of the current (or effective) context, e.g. filter state Envoy keeps as
-/// `wasm.<key>`. Absent and failed reads are both None: the SDK's own getter panics on a failure.
+/// `wasm.<key>`. Absent and failed reads are both None.
 pub fn property(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_property(vec![key]).ok().flatten()
 }

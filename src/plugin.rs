@@ -9,15 +9,20 @@
 //! | `inference-router-gate` | holds the headers until the reader's decision arrives |
 //! | `inference-router-collector` | the singleton metrics collector ("service" mode) |
 
-use crate::collector::Collector;
 use crate::filter::{FilterState, InferenceFilter, Mode};
 use crate::gate::{Gate, GateFilter};
-use crate::host;
-use crate::prefix_share::SHARE_PERIOD;
+use crate::host::{self, Envoy};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use router_core::collector::coherence::Coherence;
+use router_core::collector::Collector;
 use router_core::config::{CollectorMode, Config};
+use router_core::scheduling::prefix_share::SHARE_PERIOD;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often a root with nothing faster to do looks at Envoy's log level and the collector.
+const SLOW_TICK: Duration = Duration::from_secs(1);
 
 enum Role {
     /// Not configured, or configured for a role with no HTTP contexts.
@@ -29,6 +34,9 @@ enum Role {
 pub struct Plugin {
     role: Role,
     collector: Option<Collector>,
+    /// Filter roles: is a collector publishing, with the same pools?
+    coherence: Option<Coherence>,
+    last_log_check_ms: u64,
 }
 
 impl Plugin {
@@ -36,6 +44,8 @@ impl Plugin {
         Plugin {
             role: Role::None,
             collector: None,
+            coherence: None,
+            last_log_check_ms: 0,
         }
     }
 
@@ -66,14 +76,16 @@ impl Plugin {
             config.strategy,
             config.collector
         );
+        self.coherence = Coherence::new(&config);
         let state = FilterState::new(config, host::random_seed());
+        let mut period = self
+            .collector
+            .as_ref()
+            .map_or(SLOW_TICK, |c| c.tick_period());
         if state.shares_prefixes() {
-            let period = self
-                .collector
-                .as_ref()
-                .map_or(SHARE_PERIOD, |c| c.tick_period().min(SHARE_PERIOD));
-            self.set_tick_period(period);
+            period = period.min(SHARE_PERIOD);
         }
+        self.set_tick_period(period);
         self.role = Role::Filter(Rc::new(state), mode);
         true
     }
@@ -93,21 +105,21 @@ impl Context for Plugin {
         if !collector.owns(token) {
             return;
         }
-        let status = hostcalls_status(self.get_http_call_response_header(":status"));
+        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
         let body = self.get_http_call_response_body(0, body_size);
         let now = host::now_ms();
         if let Some(collector) = self.collector.as_mut() {
-            collector.on_response(token, status, body, now);
+            collector.on_response(&Envoy, token, status, body.as_deref(), now);
         }
     }
 }
 
-fn hostcalls_status(value: Option<String>) -> Option<u16> {
-    value.and_then(|v| v.parse().ok())
-}
-
 impl RootContext for Plugin {
     fn on_configure(&mut self, _size: usize) -> bool {
+        host::follow_log_level();
         let role = host::root_id();
         let mut bytes = self.get_plugin_configuration().unwrap_or_default();
         // The gate needs nothing from the document: its install may leave it out.
@@ -124,7 +136,11 @@ impl RootContext for Plugin {
         };
         match role.as_str() {
             host::COLLECTOR_ROOT_ID => {
-                log::info!("collector started for {} pools", config.pools.len());
+                log::info!(
+                    "collector started for {} pools (instance {})",
+                    config.pools.len(),
+                    config.instance
+                );
                 self.start_collector(&config, None)
             }
             host::GATE_ROOT_ID => match Gate::new(&config, host::random_seed()) {
@@ -156,8 +172,15 @@ impl RootContext for Plugin {
 
     fn on_tick(&mut self) {
         let now = host::now_ms();
+        if now.saturating_sub(self.last_log_check_ms) >= 1000 {
+            self.last_log_check_ms = now;
+            host::follow_log_level();
+        }
         if let Some(c) = self.collector.as_mut() {
-            c.on_tick(now);
+            c.on_tick(&Envoy, now);
+        }
+        if let Some(check) = self.coherence.as_mut() {
+            check.check(&Envoy, &Envoy, now);
         }
         match &self.role {
             Role::Filter(state, _) => state.share_prefixes(now),

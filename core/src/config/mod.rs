@@ -153,6 +153,12 @@ pub struct Config {
     pub failure_mode: FailureMode,
     /// The gate role: how long a request waits for its reader's decision.
     pub gate_timeout_ms: u64,
+    /// Names this plugin instance in Envoy shared data (`crate::shared::Keys`): two plugins in one
+    /// Envoy with the same vm_id never share keys unless their instances are the same.
+    pub instance: String,
+    /// What the collector scrapes, as one number: filter and collector compare theirs to tell a
+    /// deployment whose two roles were given different pools.
+    pub pools_fingerprint: u64,
 }
 
 impl Config {
@@ -277,10 +283,56 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    if let Some(budget_blocks) = profile
+        .prefix
+        .capacity
+        .checked_mul(pools.iter().map(|p| p.endpoints.len()).max().unwrap_or(0))
+    {
+        if strategy.needs_prefix() && budget_blocks > crate::scheduling::PREFIX_BUDGET_BLOCKS {
+            return Err(err(
+                "scheduling.prefix.capacity",
+                format!(
+                    "{} blocks per endpoint × the largest pool's endpoints is more than {} blocks \
+                     ({} MiB per Envoy worker)",
+                    profile.prefix.capacity,
+                    crate::scheduling::PREFIX_BUDGET_BLOCKS,
+                    (crate::scheduling::PREFIX_BUDGET_BLOCKS * 4) >> 20
+                ),
+            ));
+        }
+    }
+
     let gate_timeout_ms = raw.gate.timeout_ms.unwrap_or(DEFAULT_GATE_TIMEOUT_MS);
     if !(1..=MAX_TIME_MS).contains(&gate_timeout_ms) {
         return Err(err("gate.timeoutMs", format!("must be 1..={MAX_TIME_MS}")));
     }
+
+    let pools_fingerprint = pools_fingerprint(&pools);
+    let instance = match raw.instance_name {
+        Some(name) => {
+            if name.is_empty()
+                || name.len() > 128
+                || name.chars().any(|c| c.is_control() || c == '/')
+            {
+                return Err(err(
+                    "instanceName",
+                    "must be 1..128 characters, no '/' and no control characters",
+                ));
+            }
+            name
+        }
+        // The pools' names and clusters: the same pods, the same instance.
+        None => {
+            let ids: Vec<String> = pools
+                .iter()
+                .map(|p| format!("{}@{}", p.name, p.cluster))
+                .collect();
+            format!(
+                "{:016x}",
+                crate::rollout::stable_hash(ids.join("\n").as_bytes())
+            )
+        }
+    };
 
     Ok(Config {
         pools,
@@ -296,6 +348,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         max_request_body_bytes,
         failure_mode,
         gate_timeout_ms,
+        instance,
+        pools_fingerprint,
     })
 }
 
@@ -323,8 +377,11 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
                 return Err(err(at("discovery.adminPath"), "must start with /"));
             }
             let refresh_ms = d.refresh_ms.unwrap_or(5000);
-            if refresh_ms == 0 {
-                return Err(err(at("discovery.refreshMs"), "must be greater than 0"));
+            if !(1..=MAX_TIME_MS).contains(&refresh_ms) {
+                return Err(err(
+                    at("discovery.refreshMs"),
+                    format!("must be 1..={MAX_TIME_MS}"),
+                ));
             }
             if d.port == Some(0) {
                 return Err(err(at("discovery.port"), "must be 1..65535"));
@@ -379,8 +436,8 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
         ("metrics.timeoutMs", timeout_ms),
         ("metrics.stalenessMs", staleness_ms),
     ] {
-        if v == 0 {
-            return Err(err(at(name), "must be greater than 0"));
+        if !(1..=MAX_TIME_MS).contains(&v) {
+            return Err(err(at(name), format!("must be 1..={MAX_TIME_MS}")));
         }
     }
     Ok(Pool {
@@ -500,3 +557,32 @@ fn header_name(field: &str, h: &str) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Everything the collector reads of the pools, canonically written out and hashed.
+fn pools_fingerprint(pools: &[Pool]) -> u64 {
+    let mut text = String::new();
+    for p in pools {
+        let m = &p.metrics;
+        text.push_str(&format!(
+            "pool {} cluster {} engine {:?} endpoints {} metrics {} {:?} {} {} {} {:?}",
+            p.name,
+            p.cluster,
+            p.engine,
+            p.endpoints.join(","),
+            m.path,
+            m.port,
+            m.interval_ms,
+            m.timeout_ms,
+            m.staleness_ms,
+            m.names
+        ));
+        if let Some(d) = &p.discovery {
+            text.push_str(&format!(
+                " discovery {} {} {} {} {:?}",
+                d.cluster, d.admin_cluster, d.admin_path, d.refresh_ms, d.port
+            ));
+        }
+        text.push('\n');
+    }
+    crate::rollout::stable_hash(text.as_bytes())
+}

@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub failure_mode: Option<String>,
     #[serde(default)]
     pub gate: RawGate,
+    pub instance_name: Option<String>,
 }
 
 /// The gate role's own settings (installs without `allow_on_headers_stop_iteration`).

@@ -33,8 +33,6 @@ pub(crate) enum Schema {
     Body,
     /// One SSE chunk: top-level `usage`, `response.usage` (Responses API events), `choices`, `delta`.
     Event,
-    /// A request body: top-level `stream`, `stream_options.include_usage`.
-    Request,
 }
 
 /// A value's place in the schema. Children of `Other` are `Other`.
@@ -58,9 +56,6 @@ pub(crate) enum Node {
     /// Generated text: `choices[].text`, `choices[].delta.{content,reasoning_content,reasoning}`, top-level `delta`.
     TokenText,
     ToolCalls,
-    Stream,
-    StreamOptions,
-    IncludeUsage,
 }
 
 fn child(schema: Schema, parent: Node, key: Option<&[u8]>) -> Node {
@@ -71,8 +66,6 @@ fn child(schema: Schema, parent: Node, key: Option<&[u8]>) -> Node {
             (Schema::Event, b"choices") => Choices,
             (Schema::Event, b"response") => Response,
             (Schema::Event, b"delta") => TokenText,
-            (Schema::Request, b"stream") => Stream,
-            (Schema::Request, b"stream_options") => StreamOptions,
             _ => Other,
         },
         (Response, Some(b"usage")) => Usage,
@@ -92,7 +85,6 @@ fn child(schema: Schema, parent: Node, key: Option<&[u8]>) -> Node {
         (Choice, Some(b"delta")) => Delta,
         (Delta, Some(b"content" | b"reasoning_content" | b"reasoning")) => TokenText,
         (Delta, Some(b"tool_calls")) => ToolCalls,
-        (StreamOptions, Some(b"include_usage")) => IncludeUsage,
         _ => Other,
     }
 }

@@ -4,6 +4,7 @@
 mod errors;
 mod json_stream;
 mod paths;
+mod response_tap;
 mod rewrite;
 mod scan;
 mod sse;
@@ -12,8 +13,11 @@ mod usage;
 
 pub use errors::error_body;
 pub use paths::{inference_api, InferenceApi};
-pub use rewrite::{encode_json_string, model_prefix_replacement, rewrite_model};
-pub use scan::{scan_request, BodyError, RequestFields, MAX_DEPTH};
+pub use response_tap::{ResponseTap, TapStep};
+pub use rewrite::{
+    encode_json_string, model_prefix_replacement, plan_body_edit, rewrite_model, BodyEdit,
+};
+pub use scan::{scan_request, BodyError, JsonKind, RequestFields, UsageSpans, ValueAt, MAX_DEPTH};
 pub use sse::{SseParser, SseProgress};
 pub use stream_usage::{
     request_usage_rewrite, request_usage_splice, UsageStripper, DEFAULT_HOLD_LIMIT,

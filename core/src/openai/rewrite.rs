@@ -74,6 +74,81 @@ pub fn rewrite_model(body: &[u8], span: Range<usize>, new_model: &str) -> Vec<u8
     out
 }
 
+/// How the request body changes on its way to the server: replace `body[..replaced]` with
+/// `bytes` (Envoy's buffer API replaces a prefix, so only the bytes up to the last edit are
+/// copied). Everything after `replaced` is the client's, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyEdit {
+    pub replaced: usize,
+    pub bytes: Vec<u8>,
+    /// The body's length afterwards, for `content-length`.
+    pub new_len: usize,
+    /// The server was asked for stream usage the client did not ask for: the response's extra
+    /// usage event must be taken out again.
+    pub usage_injected: bool,
+}
+
+/// The edits a request needs, planned from the one scan of its body: the `model` value becomes
+/// `target` (if given), and a stream whose client did not ask for usage asks for it
+/// (`ask_usage`: the API reports stream usage that way). None when the body goes unchanged.
+pub fn plan_body_edit(
+    body: &[u8],
+    fields: &super::RequestFields<'_>,
+    target: Option<&str>,
+    ask_usage: bool,
+) -> Option<BodyEdit> {
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
+    if let Some(target) = target {
+        if is_string_span(body, &fields.model_span) {
+            let mut quoted = Vec::with_capacity(target.len() + 2);
+            encode_json_string(target, &mut quoted);
+            edits.push((fields.model_span.clone(), quoted));
+        }
+    }
+    let usage = if ask_usage {
+        fields.usage.splice()
+    } else {
+        None
+    };
+    if let Some((range, insert)) = &usage {
+        if range.start <= range.end && range.end <= body.len() {
+            edits.push((range.clone(), insert.to_vec()));
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    // Two edits never overlap (the model is a string member, the usage edit is elsewhere); if a
+    // bad plan ever says otherwise, the body goes unchanged rather than corrupted.
+    if edits.windows(2).any(|w| w[0].0.end > w[1].0.start) {
+        return None;
+    }
+    let replaced = edits.iter().map(|(r, _)| r.end).max().unwrap_or(0);
+    let mut bytes = Vec::with_capacity(replaced + 64);
+    let mut at = 0;
+    for (range, new) in &edits {
+        bytes.extend_from_slice(body.get(at..range.start).unwrap_or_default());
+        bytes.extend_from_slice(new);
+        at = range.end;
+    }
+    Some(BodyEdit {
+        replaced,
+        new_len: body.len() - replaced + bytes.len(),
+        bytes,
+        usage_injected: usage.is_some(),
+    })
+}
+
+impl BodyEdit {
+    /// The whole new body (tests, and hosts without a prefix-replacing buffer API).
+    pub fn apply(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = self.bytes.clone();
+        out.extend_from_slice(body.get(self.replaced..).unwrap_or_default());
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -231,5 +306,55 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::openai::{request_usage_rewrite, scan_request};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn both_edits_from_one_scan_match_the_edits_made_one_by_one() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"model":"lora-request","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            br#"{"stream":true,"stream_options":{"include_usage":false},"model":"lora-request"}"#,
+            br#"{"stream":true,"model":"lora-request","stream_options":null , "n":1}"#,
+            br#"{ "stream_options" : {"continuous_usage_stats":true,"include_usage":null} , "model" : "lora-request" , "stream" : true }"#,
+        ];
+        for body in bodies {
+            let fields = scan_request(body).unwrap();
+            let edit = plan_body_edit(body, &fields, Some("sql-lora-1"), true).unwrap();
+            let with_usage = request_usage_rewrite(body).unwrap();
+            let f2 = scan_request(&with_usage).unwrap();
+            let expected = rewrite_model(&with_usage, f2.model_span, "sql-lora-1");
+            let got = edit.apply(body);
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(body));
+            assert_eq!(edit.new_len, got.len());
+            assert!(edit.usage_injected);
+        }
+    }
+
+    #[test]
+    fn one_edit_or_none() {
+        let body =
+            br#"{"model":"a","prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#;
+        let fields = scan_request(body).unwrap();
+        let edit = plan_body_edit(body, &fields, Some("b"), true).unwrap();
+        assert!(!edit.usage_injected, "the client asked for usage");
+        assert_eq!(edit.replaced, 12, "only the prefix up to the model value");
+        assert_eq!(
+            edit.apply(body),
+            rewrite_model(body, fields.model_span.clone(), "b")
+        );
+        assert_eq!(plan_body_edit(body, &fields, None, true), None);
+        let plain = br#"{"model":"a","prompt":"x"}"#;
+        let fields = scan_request(plain).unwrap();
+        assert_eq!(plan_body_edit(plain, &fields, None, true), None);
+        let edit = plan_body_edit(plain, &fields, Some("\"\u{1}"), false).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&edit.apply(plain)).unwrap();
+        assert_eq!(out["model"], "\"\u{1}");
     }
 }

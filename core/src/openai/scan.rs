@@ -27,6 +27,67 @@ pub struct RequestFields<'a> {
     /// Byte range of the top-level `"prompt"`, `"messages"` or `"input"` value (the last one seen),
     /// as raw JSON text: what the prefix-cache scorer hashes.
     pub prompt_span: Option<Range<usize>>,
+    /// Where to ask a streaming server for usage, if the client did not.
+    pub usage: UsageSpans,
+}
+
+/// What a streaming request says about usage reporting, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsageSpans {
+    /// Top-level `"stream"` is literally `true`.
+    pub stream: bool,
+    /// The top-level `"stream_options"` value (the last one seen).
+    pub stream_options: Option<ValueAt>,
+    /// Its `"include_usage"` member, when `stream_options` is an object.
+    pub include_usage: Option<ValueAt>,
+    /// Where the last top-level member's value ends: where a new member would go.
+    pub last_member_end: usize,
+}
+
+/// What kind of JSON value, and where it is (including quotes or brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueAt {
+    pub kind: JsonKind,
+    pub span: Range<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    Object,
+    Array,
+    String,
+    Number,
+    True,
+    False,
+    Null,
+}
+
+impl UsageSpans {
+    /// For a streaming request whose client did not ask for usage, the edit asking for it (replace
+    /// `body[range]` with the bytes), so the server reports the tokens; None otherwise (see
+    /// `openai::request_usage_rewrite` for the cases).
+    pub fn splice(&self) -> Option<(Range<usize>, &'static [u8])> {
+        if !self.stream {
+            return None;
+        }
+        match &self.stream_options {
+            None => Some((
+                self.last_member_end..self.last_member_end,
+                br#","stream_options":{"include_usage":true}"#,
+            )),
+            Some(o) if o.kind == JsonKind::Null => {
+                Some((o.span.clone(), br#"{"include_usage":true}"#))
+            }
+            Some(o) if o.kind == JsonKind::Object => match &self.include_usage {
+                Some(i) if matches!(i.kind, JsonKind::False | JsonKind::Null) => {
+                    Some((i.span.clone(), b"true"))
+                }
+                // Absent: vLLM's default is true, the client gets its usage already.
+                _ => None,
+            },
+            Some(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +136,9 @@ enum Field {
     Stream,
     User,
     Prompt,
+    StreamOptions,
+    /// `include_usage` inside the top-level `stream_options` object.
+    IncludeUsage,
 }
 
 /// A string value's location: contents (no quotes) and whether it has escapes to decode.
@@ -92,6 +156,41 @@ enum ModelSeen {
 
 /// Validate the whole body as strict JSON in one pass and extract the top-level `model`, `stream` and `user`.
 pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
+    let scan = scan(body)?;
+    let model_at = match scan.model {
+        ModelSeen::Missing => return Err(BodyError::MissingModel),
+        ModelSeen::NotString => return Err(BodyError::ModelNotString),
+        ModelSeen::Str(at) => at,
+    };
+    let model = decode(body, &model_at)?;
+    let user = match scan.user {
+        Some(at) => Some(decode(body, &at)?),
+        None => None,
+    };
+    Ok(RequestFields {
+        model,
+        model_span: model_at.start - 1..model_at.end + 1,
+        stream: scan.usage.stream,
+        user,
+        prompt_span: scan.prompt,
+        usage: scan.usage,
+    })
+}
+
+/// The usage spans of any JSON object body (no `model` needed).
+pub(crate) fn scan_usage(body: &[u8]) -> Result<UsageSpans, BodyError> {
+    Ok(scan(body)?.usage)
+}
+
+/// Everything one pass over a body learns.
+struct Scan {
+    model: ModelSeen,
+    user: Option<StrAt>,
+    prompt: Option<Range<usize>>,
+    usage: UsageSpans,
+}
+
+fn scan(body: &[u8]) -> Result<Scan, BodyError> {
     if body.starts_with(&[0xef, 0xbb, 0xbf]) {
         return Err(not_json(0, "byte order mark is not allowed"));
     }
@@ -106,6 +205,11 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
     let mut prompt: Option<Range<usize>> = None;
     // Start of a prompt value that is a container still open.
     let mut prompt_start: Option<usize> = None;
+    let mut options: Option<ValueAt> = None;
+    let mut include: Option<ValueAt> = None;
+    // Start of the stream_options object while it is open (its keys are at depth 2).
+    let mut options_start: Option<usize> = None;
+    let mut last_member_end = 0usize;
 
     let mut i = skip_ws(body, 0);
     let mut need_value = true;
@@ -122,14 +226,36 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                     if depth >= MAX_DEPTH {
                         return Err(not_json(i, "nesting too deep"));
                     }
+                    let is_object = b == b'{';
                     match field {
                         Field::Model => model = ModelSeen::NotString,
                         Field::Stream => stream = false,
                         Field::User => user = None,
                         Field::Prompt => prompt_start = Some(i),
+                        Field::StreamOptions => {
+                            // A repeated stream_options replaces the earlier one whole.
+                            include = None;
+                            if is_object {
+                                options_start = Some(i);
+                            } else {
+                                options = Some(ValueAt {
+                                    kind: JsonKind::Array,
+                                    span: i..i,
+                                });
+                            }
+                        }
+                        Field::IncludeUsage => {
+                            include = Some(ValueAt {
+                                kind: if is_object {
+                                    JsonKind::Object
+                                } else {
+                                    JsonKind::Array
+                                },
+                                span: i..i,
+                            });
+                        }
                         Field::Other => {}
                     }
-                    let is_object = b == b'{';
                     kinds = (kinds & !(1u128 << depth)) | (u128::from(is_object) << depth);
                     depth += 1;
                     i = skip_ws(body, i + 1);
@@ -142,9 +268,16 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                             if let Some(start) = prompt_start.take() {
                                 prompt = Some(start..i);
                             }
+                            if let Some(start) = options_start.take() {
+                                options = Some(ValueAt {
+                                    kind: JsonKind::Object,
+                                    span: start..i,
+                                });
+                            }
+                            last_member_end = i;
                         }
                     } else if is_object {
-                        i = scan_key(body, i, depth, &mut pending)?;
+                        i = scan_key(body, i, depth, options_start.is_some(), &mut pending)?;
                     }
                     continue;
                 }
@@ -160,6 +293,19 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         Field::Stream => stream = false,
                         Field::User => user = Some(at),
                         Field::Prompt => prompt = Some(i..end),
+                        Field::StreamOptions => {
+                            include = None;
+                            options = Some(ValueAt {
+                                kind: JsonKind::String,
+                                span: i..end,
+                            });
+                        }
+                        Field::IncludeUsage => {
+                            include = Some(ValueAt {
+                                kind: JsonKind::String,
+                                span: i..end,
+                            })
+                        }
                         Field::Other => {}
                     }
                     i = end;
@@ -174,16 +320,38 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         b'-' | b'0'..=b'9' => scan_number(body, i)?,
                         _ => return Err(not_json(i, "expected a value")),
                     };
+                    let kind = match b {
+                        b't' => JsonKind::True,
+                        b'f' => JsonKind::False,
+                        b'n' => JsonKind::Null,
+                        _ => JsonKind::Number,
+                    };
                     match field {
                         Field::Model => model = ModelSeen::NotString,
                         Field::Stream => stream = is_true,
                         Field::User => user = None,
                         Field::Prompt => prompt = Some(start..i),
+                        Field::StreamOptions => {
+                            include = None;
+                            options = Some(ValueAt {
+                                kind,
+                                span: start..i,
+                            });
+                        }
+                        Field::IncludeUsage => {
+                            include = Some(ValueAt {
+                                kind,
+                                span: start..i,
+                            })
+                        }
                         Field::Other => {}
                     }
                 }
             }
             need_value = false;
+            if depth == 1 {
+                last_member_end = i;
+            }
         } else {
             i = skip_ws(body, i);
             if depth == 0 {
@@ -197,7 +365,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                 Some(b',') => {
                     i = skip_ws(body, i + 1);
                     if in_object {
-                        i = scan_key(body, i, depth, &mut pending)?;
+                        i = scan_key(body, i, depth, options_start.is_some(), &mut pending)?;
                     }
                     need_value = true;
                 }
@@ -208,6 +376,13 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         if let Some(start) = prompt_start.take() {
                             prompt = Some(start..i);
                         }
+                        if let Some(start) = options_start.take() {
+                            options = Some(ValueAt {
+                                kind: JsonKind::Object,
+                                span: start..i,
+                            });
+                        }
+                        last_member_end = i;
                     }
                 }
                 Some(b']') if !in_object => {
@@ -217,6 +392,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
                         if let Some(start) = prompt_start.take() {
                             prompt = Some(start..i);
                         }
+                        last_member_end = i;
                     }
                 }
                 None => return Err(not_json(body.len(), EOF)),
@@ -229,22 +405,16 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields<'_>, BodyError> {
     if !top_is_object {
         return Err(BodyError::NotAnObject);
     }
-    let model_at = match model {
-        ModelSeen::Missing => return Err(BodyError::MissingModel),
-        ModelSeen::NotString => return Err(BodyError::ModelNotString),
-        ModelSeen::Str(at) => at,
-    };
-    let model = decode(body, &model_at)?;
-    let user = match user {
-        Some(at) => Some(decode(body, &at)?),
-        None => None,
-    };
-    Ok(RequestFields {
+    Ok(Scan {
         model,
-        model_span: model_at.start - 1..model_at.end + 1,
-        stream,
         user,
-        prompt_span: prompt,
+        prompt,
+        usage: UsageSpans {
+            stream,
+            stream_options: options,
+            include_usage: include,
+            last_member_end,
+        },
     })
 }
 
@@ -315,19 +485,31 @@ fn one_or_more_digits(body: &[u8], i: usize) -> Result<usize, BodyError> {
 /// An object key at `i` (whitespace already skipped), then `:`; returns the index of the value after it.
 /// Top-level keys (`depth == 1`) are compared after decoding escapes.
 #[inline]
-fn scan_key(body: &[u8], i: usize, depth: usize, pending: &mut Field) -> Result<usize, BodyError> {
+fn scan_key(
+    body: &[u8],
+    i: usize,
+    depth: usize,
+    in_options: bool,
+    pending: &mut Field,
+) -> Result<usize, BodyError> {
     match body.get(i) {
         Some(b'"') => {}
         None => return Err(not_json(body.len(), EOF)),
         Some(_) => return Err(not_json(i, "expected a string key")),
     }
     let (end, escaped) = scan_string(body, i)?;
-    if depth == 1 {
+    if depth == 1 || (depth == 2 && in_options) {
         let raw = body.get(i + 1..end - 1).unwrap_or_default();
-        *pending = if escaped {
+        let field = if escaped {
             field_of_escaped(raw)
         } else {
             field_of(raw)
+        };
+        *pending = match (depth, field) {
+            (1, Field::IncludeUsage) => Field::Other,
+            (1, f) => f,
+            (_, Field::IncludeUsage) => Field::IncludeUsage,
+            _ => Field::Other,
         };
     }
     let i = skip_ws(body, end);
@@ -345,13 +527,16 @@ fn field_of(key: &[u8]) -> Field {
         b"stream" => Field::Stream,
         b"user" => Field::User,
         b"prompt" | b"messages" | b"input" => Field::Prompt,
+        b"stream_options" => Field::StreamOptions,
+        b"include_usage" => Field::IncludeUsage,
         _ => Field::Other,
     }
 }
 
-/// Decode a short escaped key into a stack buffer; anything longer than "stream" is no field of ours.
+/// Decode a short escaped key into a stack buffer; anything longer than "stream_options" is no
+/// field of ours.
 fn field_of_escaped(raw: &[u8]) -> Field {
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; 16];
     let mut len = 0usize;
     let fits = unescape(raw, |piece| {
         let Some(dst) = buf.get_mut(len..len + piece.len()) else {

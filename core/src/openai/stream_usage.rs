@@ -10,53 +10,11 @@
 
 use std::ops::Range;
 
-use super::json_stream::{End, JsonScan, Kind, Node, Schema, Sink, Value};
 use super::sse::{Block, EventFacts, SseParser, SseProgress};
 use super::usage::Usage;
 
 /// The most bytes of one incomplete event the stripper holds back; a longer event is passed on unchanged.
 pub const DEFAULT_HOLD_LIMIT: usize = 1 << 20;
-
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    kind: Kind,
-    start: u64,
-    end: u64,
-}
-
-#[derive(Debug, Default)]
-struct RequestSink {
-    stream: bool,
-    options: Option<Span>,
-    include: Option<Span>,
-    last_member_end: Option<u64>,
-}
-
-impl Sink for RequestSink {
-    fn open(&mut self, v: &Value) {
-        if v.node == Node::StreamOptions {
-            // A repeated stream_options replaces the earlier one whole (the last key wins, as in Python).
-            self.include = None;
-        }
-    }
-
-    fn close(&mut self, v: &Value, end: End) {
-        let span = Span {
-            kind: v.kind,
-            start: v.start,
-            end: end.end,
-        };
-        match v.node {
-            Node::Stream => self.stream = v.kind == Kind::True,
-            Node::StreamOptions => self.options = Some(span),
-            Node::IncludeUsage => self.include = Some(span),
-            _ => {}
-        }
-        if v.depth == 1 {
-            self.last_member_end = Some(end.end);
-        }
-    }
-}
 
 /// For a streaming request (top-level `"stream": true`) whose client did not ask for usage, the body asking
 /// for it; otherwise `None` (not streaming, usage already asked for, or not valid JSON).
@@ -86,29 +44,7 @@ pub fn request_usage_rewrite(body: &[u8]) -> Option<Vec<u8>> {
 /// The same change as [`request_usage_rewrite`], as "replace `body[range]` with these bytes", so the host can
 /// combine it with other edits (such as the `model` substitution: apply the later range first).
 pub fn request_usage_splice(body: &[u8]) -> Option<(Range<usize>, &'static [u8])> {
-    let mut scan = JsonScan::new(Schema::Request);
-    let mut sink = RequestSink::default();
-    scan.feed(body, &mut sink);
-    if !scan.finish(&mut sink) || !sink.stream {
-        return None;
-    }
-    let (from, to, insert): (u64, u64, &'static [u8]) = match sink.options {
-        None => {
-            let at = sink.last_member_end?;
-            (at, at, br#","stream_options":{"include_usage":true}"#)
-        }
-        Some(o) if o.kind == Kind::Null => (o.start, o.end, br#"{"include_usage":true}"#),
-        Some(o) if o.kind == Kind::Object => match sink.include {
-            Some(i) if matches!(i.kind, Kind::False | Kind::Null) => (i.start, i.end, b"true"),
-            _ => return None,
-        },
-        Some(_) => return None,
-    };
-    let range = usize::try_from(from).ok()?..usize::try_from(to).ok()?;
-    if range.start > range.end || range.end > body.len() {
-        return None;
-    }
-    Some((range, insert))
+    super::scan::scan_usage(body).ok()?.splice()
 }
 
 /// Filters an SSE response whose request went through [`request_usage_rewrite`]: every byte passes on as soon

@@ -49,11 +49,6 @@ impl EndpointState {
     }
 }
 
-mod collector;
+pub mod counters;
 pub mod discovery;
-pub mod journal;
-mod snapshot;
-
-pub use collector::{CollectorState, Due, Lease};
-
-pub use snapshot::{decode, encode, peek_version, Snapshot, SnapshotError};
+pub mod view;

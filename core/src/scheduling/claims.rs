@@ -36,7 +36,7 @@ pub const CLAIMS_PER_ENDPOINT: usize = 4;
 pub const ENCODED_LEN: usize = CLAIMS_PER_ENDPOINT * 8;
 
 /// One endpoint's recent claims, one entry per adapter (its latest pick).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AdapterClaims {
     entries: [Claim; CLAIMS_PER_ENDPOINT],
     len: usize,

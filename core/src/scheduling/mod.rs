@@ -11,14 +11,16 @@ pub mod claims;
 mod filters;
 mod picker;
 pub mod prefix;
+pub mod prefix_share;
 mod profile;
 mod schedule;
 pub mod scorers;
+pub mod worker;
 
 pub use claims::{adapter_hash, AdapterClaims, Claim, CLAIMS_PER_ENDPOINT, ENCODED_LEN};
 pub use filters::{has_headroom, is_fresh};
 pub use picker::{least_request, random, round_robin, MaxPicker};
-pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex};
+pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex, PREFIX_BUDGET_BLOCKS};
 pub use profile::{
     PrefixConfig, PrefixSettings, Profile, Saturation, SaturationConfig, SchedulingConfig,
     ScorersConfig, Weights,

@@ -45,6 +45,10 @@ const WAYS: usize = 8;
 const MAGIC: [u8; 2] = [b'P', 1];
 /// Exported bytes kept between two exports; older records are dropped first.
 pub const OUTBOX_LIMIT: usize = 64 * 1024;
+/// Most fingerprints one worker's index of one pool holds in all (4 bytes each: 64 MiB). A
+/// configuration above it is refused; a discovered pool that grows past it gets a smaller table
+/// per endpoint.
+pub const PREFIX_BUDGET_BLOCKS: usize = 1 << 24;
 const RECORD_HEADER: usize = 10;
 
 /// 64×64 → 128-bit multiply, folded: every input bit reaches the middle output bits.
@@ -140,6 +144,8 @@ struct Table {
 pub struct PrefixIndex {
     ways: usize,
     buckets: usize,
+    /// The configured capacity per endpoint, before the budget's cap.
+    configured: usize,
     max_blocks: usize,
     tables: Vec<Table>,
     /// (endpoint id, position), sorted by id, for imports.
@@ -155,6 +161,7 @@ impl PrefixIndex {
         let mut index = PrefixIndex {
             ways,
             buckets: capacity / ways,
+            configured: capacity,
             max_blocks: settings.max_blocks,
             tables: Vec::new(),
             by_id: Vec::new(),
@@ -192,6 +199,19 @@ impl PrefixIndex {
             .collect();
         // Stable sort: with a duplicated id, imports go to its first position.
         self.by_id.sort_by_key(|&(id, _)| id);
+        // Within the budget: more endpoints, smaller tables (what was learned starts over).
+        let per_endpoint = self
+            .configured
+            .min(PREFIX_BUDGET_BLOCKS / endpoint_ids.len().max(1))
+            .max(self.ways);
+        let buckets = (per_endpoint / self.ways).max(1);
+        if buckets != self.buckets {
+            self.buckets = buckets;
+            for t in &mut self.tables {
+                t.slots = Vec::new();
+                t.len = 0;
+            }
+        }
     }
 
     pub fn endpoints(&self) -> usize {

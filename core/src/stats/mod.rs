@@ -6,6 +6,10 @@
 //! `target_model` always has `model` before it: the `model` rule's leftmost match is then the model,
 //! never the tail of `target_model=`.
 
+pub mod request;
+
+pub use request::{RequestLabels, RequestMetric, TargetLabel};
+
 pub const REQUESTS_TOTAL: &str = "inference_router_requests_total";
 pub const PROMPT_TOKENS_TOTAL: &str = "inference_router_prompt_tokens_total";
 pub const COMPLETION_TOKENS_TOTAL: &str = "inference_router_completion_tokens_total";
@@ -18,6 +22,9 @@ pub const ENDPOINT_RUNNING: &str = "inference_router_endpoint_running_requests";
 pub const ENDPOINT_KV_PERMILLE: &str = "inference_router_endpoint_kv_cache_usage_permille";
 pub const ENDPOINT_SCRAPE_ERRORS_TOTAL: &str = "inference_router_endpoint_scrape_errors_total";
 pub const ENDPOINT_UP: &str = "inference_router_endpoint_up";
+/// 1 while the endpoint is a member of its pool, 0 once it has left (its other gauges keep their
+/// last values: Envoy cannot remove a stat).
+pub const ENDPOINT_MEMBER: &str = "inference_router_endpoint_member";
 /// Gate role: requests answered 503 because their reader's decision did not come in time.
 pub const GATE_TIMEOUTS_TOTAL: &str = "inference_router_gate_timeouts_total";
 /// Gate role: inference requests that reached the gate without the reader's mark.

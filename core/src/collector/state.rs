@@ -2,8 +2,9 @@
 //! scrape in flight per endpoint, what a good or failed scrape changes, and when a pool's
 //! snapshot must be published again. The host layer dispatches the HTTP calls and publishes.
 
-use super::{encode, EndpointState, Snapshot};
 use crate::config::Config;
+use crate::pool::EndpointState;
+use crate::shared::{encode, Snapshot};
 
 #[derive(Debug, Clone)]
 struct Slot {
@@ -47,6 +48,7 @@ impl CollectorState {
                 ],
                 snapshot: Snapshot {
                     version: 0,
+                    generation: 1,
                     endpoints: p
                         .endpoints
                         .iter()
@@ -66,6 +68,15 @@ impl CollectorState {
             return;
         };
         p.snapshot.version = p.snapshot.version.max(previous.version);
+        let same_members = p.snapshot.endpoints.len() == previous.endpoints.len()
+            && p.snapshot
+                .endpoints
+                .iter()
+                .zip(&previous.endpoints)
+                .all(|((a, _), (b, _))| a == b);
+        // A different list must never be published under the generation of another.
+        p.snapshot.generation =
+            p.snapshot.generation.max(previous.generation) + u64::from(!same_members);
         for (addr, state) in p.snapshot.endpoints.iter_mut() {
             if let Some((_, old)) = previous.endpoints.iter().find(|(a, _)| a == addr) {
                 *state = old.clone();
@@ -117,6 +128,7 @@ impl CollectorState {
         }
         p.slots = slots;
         p.snapshot.endpoints = endpoints.iter().cloned().zip(states).collect();
+        p.snapshot.generation += 1;
         p.dirty = true;
         true
     }
@@ -200,42 +212,6 @@ impl CollectorState {
     }
 }
 
-/// The embedded collector's lease: the worker holding it scrapes, the others do not. Stored in
-/// shared data as owner id (u64) and expiry (ms, u64); written with compare-and-swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: u64,
-    pub expires_ms: u64,
-}
-
-impl Lease {
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.owner.to_le_bytes());
-        b[8..].copy_from_slice(&self.expires_ms.to_le_bytes());
-        b
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Lease> {
-        Some(Lease {
-            owner: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
-            expires_ms: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
-        })
-    }
-
-    /// What `me` should write to hold the lease for `ttl_ms` more, or None when another live
-    /// owner holds it. Renewing one's own lease and taking an expired or absent one both succeed.
-    pub fn claim(current: Option<Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> Option<Lease> {
-        match current {
-            Some(l) if l.owner != me && l.expires_ms > now_ms => None,
-            _ => Some(Lease {
-                owner: me,
-                expires_ms: now_ms + ttl_ms,
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +266,7 @@ mod tests {
         c.failed(d, 1000);
         let (v2, bytes) = c.publish(0).unwrap();
         assert!(v2 > v1);
-        let s = &crate::pool::decode(&bytes).unwrap().endpoints[1].1;
+        let s = &crate::shared::decode(&bytes).unwrap().endpoints[1].1;
         assert_eq!(
             (s.waiting, s.consecutive_failures, s.last_scrape_ms),
             (4, 1, 500)
@@ -321,7 +297,9 @@ mod tests {
         let (v, bytes) = new.publish(0).unwrap();
         assert!(v > prev.version);
         assert_eq!(
-            crate::pool::decode(&bytes).unwrap().endpoints[0].1.running,
+            crate::shared::decode(&bytes).unwrap().endpoints[0]
+                .1
+                .running,
             9
         );
     }
@@ -366,18 +344,5 @@ mod tests {
                 endpoint: 1
             }]
         );
-    }
-
-    #[test]
-    fn lease_is_exclusive_until_it_expires() {
-        let l = Lease::claim(None, 1, 1000, 200).unwrap();
-        assert_eq!(Lease::decode(&l.encode()), Some(l));
-        assert_eq!(Lease::claim(Some(l), 2, 1100, 200), None);
-        assert_eq!(
-            Lease::claim(Some(l), 1, 1100, 200).unwrap().expires_ms,
-            1300
-        );
-        assert_eq!(Lease::claim(Some(l), 2, 1200, 200).unwrap().owner, 2);
-        assert_eq!(Lease::decode(b"short"), None);
     }
 }

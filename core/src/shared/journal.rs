@@ -3,19 +3,23 @@
 //! entries it has not seen yet, skipping its own. The oldest entries are dropped past a size cap,
 //! so a reader that falls far behind only loses hints.
 //!
-//! Layout (little-endian): `next_seq u64`, then entries `worker u64, seq u64, len u32, len bytes`.
+//! Layout (little-endian): magic `IRJ1`, `next_seq u64`, then entries
+//! `worker u64, seq u64, len u32, len bytes`. A value without the magic (another version of the
+//! module, or garbage) reads as an empty journal.
 
-const HEADER: usize = 8;
+const MAGIC: &[u8; 4] = b"IRJ1";
+const HEADER: usize = 12;
 const ENTRY_HEADER: usize = 20;
 
 /// `journal` with `payload` appended by `worker`, the oldest entries dropped so the result stays
 /// within `cap` bytes (a payload larger than the cap alone is not appended). Garbage in `journal`
 /// is discarded rather than carried on.
 pub fn append(journal: &[u8], worker: u64, payload: &[u8], cap: usize) -> Vec<u8> {
-    let next_seq = read_u64(journal, 0).unwrap_or(0);
+    let next_seq = next_seq(journal);
     let entries: Vec<(usize, usize)> = spans(journal).collect();
     let needed = ENTRY_HEADER + payload.len();
     let mut out = Vec::with_capacity(cap.min(journal.len() + needed));
+    out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(next_seq + 1).to_le_bytes());
     if HEADER + needed > cap {
         return out;
@@ -44,7 +48,7 @@ pub fn append(journal: &[u8], worker: u64, payload: &[u8], cap: usize) -> Vec<u8
 /// Entries of other workers with a sequence number ≥ `from_seq`, and the sequence to read from
 /// next time.
 pub fn unseen(journal: &[u8], me: u64, from_seq: u64) -> (Vec<&[u8]>, u64) {
-    let next = read_u64(journal, 0).unwrap_or(0);
+    let next = next_seq(journal);
     let payloads = spans(journal)
         .filter_map(|(start, end)| {
             let worker = read_u64(journal, start)?;
@@ -55,15 +59,28 @@ pub fn unseen(journal: &[u8], me: u64, from_seq: u64) -> (Vec<&[u8]>, u64) {
     (payloads, next)
 }
 
+fn next_seq(journal: &[u8]) -> u64 {
+    if journal.starts_with(MAGIC) {
+        read_u64(journal, 4).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 fn read_u64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// (start, end) of each well-formed entry; stops at the first malformed one.
 fn spans(journal: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut at = HEADER;
+    // Not this format: no entries.
+    let mut at = if journal.starts_with(MAGIC) {
+        HEADER
+    } else {
+        usize::MAX
+    };
     std::iter::from_fn(move || {
-        let len = journal.get(at + 16..at + ENTRY_HEADER)?;
+        let len = journal.get(at.checked_add(16)?..at.checked_add(ENTRY_HEADER)?)?;
         let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
         let end = at.checked_add(ENTRY_HEADER)?.checked_add(len)?;
         if end > journal.len() {
@@ -114,6 +131,18 @@ mod tests {
     fn garbage_is_survived() {
         let (seen, _) = unseen(b"\x05\0\0\0\0\0\0\0garbage-garbage-garbage", 0, 0);
         assert!(seen.is_empty());
+        let (seen, _) = unseen(b"IRJ1\x05\0\0\0\0\0\0\0garbage-garbage-garbage", 0, 0);
+        assert!(seen.is_empty());
+        // The previous format (no magic) reads as empty rather than misread.
+        let old = [
+            &5u64.to_le_bytes()[..],
+            &1u64.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            b"x",
+        ]
+        .concat();
+        assert_eq!(unseen(&old, 2, 0), (vec![], 0));
         let j = append(b"junk", 1, b"x", 100);
         assert_eq!(unseen(&j, 2, 0).0, vec![&b"x"[..]]);
         for n in 0..j.len() {

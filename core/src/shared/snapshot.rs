@@ -2,9 +2,10 @@
 //!
 //! Layout (little-endian), chosen so a filter can decode it with no allocation beyond the result:
 //! ```text
-//! magic   "IRS2"
-//! version u64          bumped by the collector on every publish
-//! count   u32          number of endpoints
+//! magic      "IRS3"
+//! version    u64       bumped by the collector on every publish
+//! generation u64       bumped when the member list changes (not on every scrape)
+//! count      u32       number of endpoints
 //! per endpoint:
 //!   address        u16 length + UTF-8 `ip:port`
 //!   waiting u32, running u32, kv_cache_usage f32,
@@ -14,11 +15,11 @@
 //!   waiting adapters: same
 //! ```
 //! 46 bytes per endpoint plus its address (~16) and its adapter names: about 70 bytes for an
-//! endpoint with one adapter loaded, so 512 endpoints publish ~36 KB.
+//! endpoint with one adapter loaded, so 512 endpoints publish ~36 KB (and a 24-byte header).
 
-use super::EndpointState;
+use crate::pool::EndpointState;
 
-const MAGIC: &[u8; 4] = b"IRS2";
+const MAGIC: &[u8; 4] = b"IRS3";
 const UNKNOWN: u32 = u32::MAX;
 /// Adapter names kept per list; more are dropped (vLLM's max_loras is typically far lower).
 const MAX_ADAPTERS: usize = 255;
@@ -26,6 +27,8 @@ const MAX_ADAPTERS: usize = 255;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub version: u64,
+    /// The member list's generation: views rebuild their member tables only when it moves.
+    pub generation: u64,
     /// (`ip:port`, state) per endpoint.
     pub endpoints: Vec<(String, EndpointState)>,
 }
@@ -41,6 +44,7 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + snapshot.endpoints.len() * 72);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&snapshot.version.to_le_bytes());
+    out.extend_from_slice(&snapshot.generation.to_le_bytes());
     out.extend_from_slice(&(snapshot.endpoints.len() as u32).to_le_bytes());
     for (addr, s) in &snapshot.endpoints {
         put_str(&mut out, addr);
@@ -90,6 +94,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     }
     let t = SnapshotError::Truncated;
     let version = r.u64().ok_or(t.clone())?;
+    let generation = r.u64().ok_or(t.clone())?;
     let count = r.u32().ok_or(t.clone())? as usize;
     // Each endpoint takes at least 48 bytes: a hostile count cannot make us reserve much.
     let mut endpoints = Vec::with_capacity(count.min(bytes.len() / 48));
@@ -118,7 +123,11 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         s.hash_adapters();
         endpoints.push((addr, s));
     }
-    Ok(Snapshot { version, endpoints })
+    Ok(Snapshot {
+        version,
+        generation,
+        endpoints,
+    })
 }
 
 struct Reader<'a> {
@@ -163,6 +172,7 @@ mod tests {
     fn sample_unhashed() -> Snapshot {
         Snapshot {
             version: 42,
+            generation: 3,
             endpoints: vec![
                 (
                     "127.0.0.11:8000".into(),
@@ -199,6 +209,7 @@ mod tests {
     fn size_per_endpoint_is_as_documented() {
         let one = Snapshot {
             version: 1,
+            generation: 1,
             endpoints: vec![(
                 "10.0.0.11:8000".into(),
                 EndpointState {
@@ -207,8 +218,8 @@ mod tests {
                 },
             )],
         };
-        // 16 header + 46 fixed + 2+14 address + 2+8 adapter.
-        assert_eq!(encode(&one).len(), 16 + 46 + 16 + 10);
+        // 24 header + 46 fixed + 2+14 address + 2+8 adapter.
+        assert_eq!(encode(&one).len(), 24 + 46 + 16 + 10);
     }
 
     #[test]
