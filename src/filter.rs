@@ -1,28 +1,27 @@
-//! The HTTP filter: one `InferenceFilter` per request, the request flow and its host calls. The
-//! decisions are the core's (`router_core`): the body scan and the edit plan (`openai`), the model
-//! decision (`request`), the pick (`scheduling::worker`), the label values (`stats::request`), the
-//! response's usage (`openai::ResponseTap`).
+//! The HTTP filter: one `InferenceFilter` per request, the request flow and its host calls. Every
+//! decision is the core's: the plan (`router_core::request::plan`: body scan, model, pick, body
+//! edit, or the reply), the label values (`stats::request`), the response's usage
+//! (`openai::ResponseTap`).
 //!
-//! Request flow (docs/contract.md section 4): hold the headers, buffer the body, decide, then carry
-//! it out (rewrite the body, set the routing headers, clear the route cache) or send the error
+//! Request flow (docs/contract.md section 4): hold the headers, buffer the body, plan, then carry
+//! the plan out (rewrite the body, set the routing headers, clear the route cache) or send its
 //! reply. Two modes: the single filter pauses the headers itself (Envoy must allow it with
-//! `allow_on_headers_stop_iteration`); the reader lets them go on to the gate (`crate::gate`), which
-//! holds them, and sends the header edits there instead of making them.
+//! `allow_on_headers_stop_iteration`); the reader lets them go on to the gate (`crate::gate`),
+//! which holds them, and sends it the header edits instead of making them.
 
+use crate::gate::GateLink;
 use crate::host::{self, Envoy};
 use crate::stats as host_stats;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use router_core::config::{Config, Criticality, FailureMode};
-use router_core::gate::{GateAddress, HeaderEdit, Release, GATE_ADDRESS_KEY, READER_MARK_KEY};
-use router_core::openai::{self, BodyEdit, InferenceApi, ResponseTap, Usage};
+use router_core::config::{Config, FailureMode};
+use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
+use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
 use router_core::pool::view::Members;
-use router_core::request::{decide_model, ModelDecision};
-use router_core::scheduling::worker::{Pick, RequestFacts, WorkerScheduler};
+use router_core::request::plan::{plan, Reply, Route};
+use router_core::scheduling::worker::WorkerScheduler;
 use router_core::stats::{self, RequestLabels, RequestMetric};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
@@ -34,9 +33,8 @@ pub struct FilterState {
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
     metric_ids: RefCell<host_stats::IdMap<(RequestMetric, RequestLabels), Option<u32>>>,
-    /// Reader mode: gate queues resolved so far, by (vm_id, queue name).
-    gate_queues: RefCell<HashMap<(String, String), u32>>,
-    gate_logged: Cell<bool>,
+    /// Reader mode: how the decision reaches the gate.
+    gate: GateLink,
 }
 
 impl FilterState {
@@ -45,8 +43,7 @@ impl FilterState {
             scheduler: WorkerScheduler::new(&config, seed),
             config,
             metric_ids: RefCell::new(host_stats::IdMap::default()),
-            gate_queues: RefCell::new(HashMap::new()),
-            gate_logged: Cell::new(false),
+            gate: GateLink::default(),
         }
     }
 
@@ -77,32 +74,6 @@ impl FilterState {
     pub fn share_prefixes(&self, now_ms: u64) {
         self.scheduler.share_prefixes(&Envoy, &Envoy, now_ms);
     }
-
-    /// The shared queue of the gate at `address`, resolved once per gate VM.
-    fn gate_queue(&self, address: &GateAddress) -> Option<u32> {
-        let key = (address.vm_id.clone(), address.queue.clone());
-        if let Some(&id) = self.gate_queues.borrow().get(&key) {
-            return Some(id);
-        }
-        let id = hostcalls::resolve_shared_queue(&address.vm_id, &address.queue)
-            .ok()
-            .flatten()?;
-        if !self.gate_logged.replace(true) {
-            // Istio gives both filters the same VM (no vm_id), Envoy Gateway one VM each.
-            log::info!(
-                "reader: gate queue {} found in vm_id \"{}\" ({} VM)",
-                address.queue,
-                address.vm_id,
-                if address.instance == host::vm_instance() {
-                    "this reader's"
-                } else {
-                    "another"
-                }
-            );
-        }
-        self.gate_queues.borrow_mut().insert(key, id);
-        Some(id)
-    }
 }
 
 /// How the filter holds the request while it reads the body.
@@ -117,25 +88,22 @@ pub enum Mode {
 pub struct InferenceFilter {
     state: Rc<FilterState>,
     mode: Mode,
-    /// Reader mode: the request-header edits the gate is to make, and where that gate waits.
-    edits: Vec<HeaderEdit>,
-    gate: Option<GateAddress>,
     /// An inference request whose body is being buffered.
     buffering: bool,
-    had_content_length: bool,
-    session: Option<String>,
     api: Option<InferenceApi>,
-    /// The members and member counted in flight, released in `on_log`.
-    counted: Option<(Rc<Members>, usize)>,
-    /// Bounded label values of this request's stats, filled in as the decision is made.
+    had_content_length: bool,
+    session: Option<Vec<u8>>,
+    /// Bounded label values of this request's stats.
     labels: RequestLabels,
     outcome: &'static str,
     /// An inference request (routed or answered by the filter): its fields go to the access log.
     inference: bool,
-    /// Routed to an endpoint: its response is timed and its tokens counted.
+    /// Routed: its response is timed and its tokens counted.
     routed: bool,
     streaming: bool,
     usage_injected: bool,
+    /// The member counted in flight, released in `on_log`.
+    counted: Option<(Rc<Members>, usize)>,
     tap: ResponseTap,
     usage: Option<Usage>,
     requested_model: Option<String>,
@@ -152,19 +120,17 @@ impl InferenceFilter {
         InferenceFilter {
             state,
             mode,
-            edits: Vec::new(),
-            gate: None,
             buffering: false,
+            api: None,
             had_content_length: false,
             session: None,
-            api: None,
-            counted: None,
             labels: RequestLabels::default(),
             outcome: "",
             inference: false,
             routed: false,
             streaming: false,
             usage_injected: false,
+            counted: None,
             tap: ResponseTap::None,
             usage: None,
             requested_model: None,
@@ -184,224 +150,148 @@ impl InferenceFilter {
     }
 
     /// Send an OpenAI-shaped error and stop the request here.
-    fn reply(&mut self, status: u32, kind: &str, message: &str) -> Action {
-        log::debug!("{status} {kind}: {message}");
-        self.count(match status {
-            429 => "shed",
-            503 => "unavailable",
-            _ => "rejected",
-        });
+    fn reply(&mut self, reply: &Reply) -> Action {
+        log::debug!("{} {}: {}", reply.status, reply.kind, reply.message);
+        self.count(reply.outcome());
         self.inference = true;
         self.buffering = false;
-        let body = openai::error_body(status as u16, kind, message);
         self.send_http_response(
-            status,
+            u32::from(reply.status),
             vec![("content-type", "application/json")],
-            Some(body.as_bytes()),
+            Some(reply.body().as_bytes()),
         );
         Action::Pause
     }
 
     fn too_large(&mut self) -> Action {
         let max = self.state.config.max_request_body_bytes;
-        let msg = format!("request body is larger than {max} bytes");
-        self.reply(413, "invalid_request_error", &msg)
+        self.reply(&Reply::new(
+            413,
+            "invalid_request_error",
+            format!("request body is larger than {max} bytes"),
+        ))
     }
 
-    /// A request-header change of the decision: made now (single filter), or sent to the gate.
-    fn edit_header(&mut self, name: &str, value: &str) {
-        match self.mode {
-            Mode::Single => self.set_http_request_header(name, Some(value)),
-            Mode::Reader => self.edits.push(HeaderEdit {
-                name: name.to_string(),
-                value: Some(value.to_string()),
-            }),
-        }
-    }
-
-    fn set_model_header(&mut self, model: &str) {
-        self.target_model = Some(model.to_string());
-        // Envoy refuses header values with control characters; such a name simply goes without it.
-        if model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
-            self.edit_header(MODEL_NAME_HEADER, model);
-        }
-    }
-
-    fn apply_body_edit(&mut self, edit: BodyEdit) {
-        self.set_http_request_body(0, edit.replaced, &edit.bytes);
-        self.usage_injected = edit.usage_injected;
-        if self.had_content_length {
-            self.edit_header("content-length", &edit.new_len.to_string());
-        }
-    }
-
-    /// Route to an endpoint of `pool`: set the destination header, or reply 429 / 503.
-    fn route_to_pool(&mut self, pool: usize, facts: &RequestFacts) -> Result<(), Action> {
-        let state = Rc::clone(&self.state);
-        let Some(p) = state.config.pools.get(pool) else {
-            return Err(self.reply(503, "service_unavailable", "pool not found"));
+    /// The whole body is here: plan, then carry the plan out.
+    fn on_full_body(&mut self, body: &[u8]) -> Action {
+        // The reader changes nothing unless a gate waits to carry the decision out.
+        let gate = match self.mode {
+            Mode::Single => None,
+            Mode::Reader => match GateLink::find() {
+                Some(gate) => Some(gate),
+                None => return self.without_gate(body),
+            },
         };
-        match state
-            .scheduler
-            .pick(&Envoy, &Envoy, pool, facts, host::now_ms())
-        {
-            Pick::Endpoint {
-                members,
-                index,
-                counted,
-                fail_open,
-            } => {
-                let endpoint = members
-                    .endpoints
-                    .get(index)
-                    .map(String::as_str)
-                    .unwrap_or_default();
-                count_pick(&p.name, &members, index, endpoint);
-                self.edit_header(&state.config.destination_header, endpoint);
-                self.endpoint = Some(endpoint.to_string());
-                if fail_open {
-                    log::debug!("pool {}: no fresh metrics, failing open", p.name);
-                }
-                self.outcome = if fail_open { "failed_open" } else { "routed" };
-                if counted {
-                    self.counted = Some((members, index));
-                }
-                Ok(())
-            }
-            Pick::Shed => {
-                let msg = format!(
-                    "pool \"{}\" is saturated; sheddable request dropped",
-                    p.name
-                );
-                Err(self.reply(429, "rate_limit_exceeded", &msg))
-            }
-            Pick::Unavailable => {
-                let msg = format!("no endpoint available in pool \"{}\"", p.name);
-                Err(self.reply(503, "service_unavailable", &msg))
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
+        let plan = plan(
+            config,
+            &state.scheduler,
+            &Envoy,
+            &Envoy,
+            self.api,
+            body,
+            self.session.as_deref(),
+            host::now_ms(),
+        );
+        self.labels = plan.labels;
+        self.requested_model = plan.requested;
+        let route = match plan.action {
+            Ok(route) => route,
+            Err(reply) => return self.reply(&reply),
+        };
+        if let Some((members, index)) = &route.member {
+            count_pick(members, *index);
+        }
+        let mut headers = Vec::with_capacity(3);
+        if let Some(endpoint) = route.endpoint() {
+            headers.push((config.destination_header.clone(), endpoint.to_string()));
+            self.endpoint = Some(endpoint.to_string());
+        }
+        if let Some(edit) = &route.body {
+            self.set_http_request_body(0, edit.replaced, &edit.bytes);
+            self.usage_injected = edit.usage_injected;
+            if self.had_content_length {
+                headers.push(("content-length".to_string(), edit.new_len.to_string()));
             }
         }
+        // Envoy refuses header values with control characters; such a name simply goes without it.
+        if route.model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
+            headers.push((MODEL_NAME_HEADER.to_string(), route.model.clone()));
+        }
+        if let Err(reply) = self.set_routing_headers(gate, headers) {
+            return self.reply(&reply);
+        }
+        self.routed(route)
     }
 
-    /// The headers are set: make Envoy pick the route again (single filter), or hand the edits to
-    /// the gate, which makes them, clears the route cache and resumes the request.
-    fn carry_out_routing(&mut self) -> Result<(), Action> {
-        let Some(address) = self.gate.take() else {
+    /// Set the decision's headers and have the route picked again: here (single filter), or by
+    /// the gate, which then resumes the request.
+    fn set_routing_headers(
+        &mut self,
+        gate: Option<GateAddress>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), Reply> {
+        let Some(gate) = gate else {
+            for (name, value) in &headers {
+                self.set_http_request_header(name, Some(value));
+            }
             host::clear_route_cache();
             return Ok(());
         };
         let release = Release {
-            context_id: address.context_id,
-            edits: std::mem::take(&mut self.edits),
+            context_id: gate.context_id,
+            edits: headers
+                .into_iter()
+                .map(|(name, value)| HeaderEdit {
+                    name,
+                    value: Some(value),
+                })
+                .collect(),
             clear_route_cache: true,
         };
-        let sent = self
-            .state
-            .gate_queue(&address)
-            .map(|q| hostcalls::enqueue_shared_queue(q, Some(&release.encode())));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            other => {
-                log::warn!(
-                    "reader: the gate's queue {} is not reachable: {other:?}",
-                    address.queue
-                );
-                Err(self.reply(
-                    503,
-                    "service_unavailable",
-                    "inference-router: the gate filter is not reachable",
-                ))
-            }
+        self.state.gate.send(&gate, &release).map_err(|e| {
+            log::warn!("reader: the gate is not reachable: {e}");
+            Reply::new(
+                503,
+                "service_unavailable",
+                "inference-router: the gate filter is not reachable",
+            )
+        })
+    }
+
+    fn routed(&mut self, route: Route) -> Action {
+        self.count(route.outcome);
+        self.target_model = Some(route.model);
+        if route.counted {
+            self.counted = route.member;
         }
+        self.routed = true;
+        self.inference = true;
+        self.streaming = route.streaming;
+        self.buffering = false;
+        Action::Continue
     }
 
     /// Reader mode with no gate on the request's filter chain: the router has already chosen a
     /// host and the headers are gone, so nothing may change (not even the body: its length is
-    /// announced). `failureMode` decides: pass the request on untouched, or answer 503.
-    fn without_gate(&mut self) -> Action {
+    /// announced). A bad body still gets its 400; otherwise `failureMode` decides: pass the
+    /// request on untouched, or answer 503.
+    fn without_gate(&mut self, body: &[u8]) -> Action {
+        if let Err(e) = openai::scan_request(body) {
+            return self.reply(&Reply::new(400, "invalid_request_error", e.message()));
+        }
         host_stats::increment(stats::READER_GATE_MISSING_TOTAL, 1);
         log_gate_missing_once();
         self.buffering = false;
         match self.state.config.failure_mode {
             FailureMode::FailOpen => Action::Continue,
-            FailureMode::FailClose => self.reply(
+            FailureMode::FailClose => self.reply(&Reply::new(
                 503,
                 "service_unavailable",
                 "inference-router: no gate filter on this route to carry out the decision",
-            ),
+            )),
         }
-    }
-
-    /// The whole body is here: decide and act.
-    fn on_full_body(&mut self, body: &[u8]) -> Action {
-        let fields = match openai::scan_request(body) {
-            Ok(f) => f,
-            Err(e) => return self.reply(400, "invalid_request_error", &e.message()),
-        };
-        if self.mode == Mode::Reader {
-            self.gate = host::property(GATE_ADDRESS_KEY).and_then(|b| GateAddress::decode(&b).ok());
-            if self.gate.is_none() {
-                return self.without_gate();
-            }
-        }
-        let state = Rc::clone(&self.state);
-        let config = &state.config;
-        let session = self
-            .session
-            .as_deref()
-            .map(str::as_bytes)
-            .or(fields.user.as_deref().map(str::as_bytes));
-        let decision = decide_model(config, &fields.model, session, state.scheduler.random());
-        self.requested_model = Some(fields.model.to_string());
-        self.labels = RequestLabels::of(config, &decision);
-        // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
-        let prompt: &[u8] = match (&fields.prompt_span, config.strategy.needs_prefix()) {
-            (Some(span), true) => body.get(span.clone()).unwrap_or_default(),
-            _ => &[],
-        };
-        // Streams report usage only when asked: ask on the client's behalf (and take it out again).
-        let ask_usage = fields.stream
-            && matches!(
-                self.api,
-                Some(InferenceApi::Completions | InferenceApi::ChatCompletions)
-            );
-        let (pool, target, criticality) = match decision {
-            ModelDecision::Reject => {
-                let msg = format!("The model `{}` does not exist.", fields.model);
-                return self.reply(404, "NotFoundError", &msg);
-            }
-            ModelDecision::Passthrough { pool } => (pool, None, Criticality::Standard),
-            ModelDecision::Configured { model, target } => {
-                (Some(model.pool), target, model.criticality)
-            }
-        };
-        if let Some(pool) = pool {
-            let facts = RequestFacts {
-                target_model: target.unwrap_or(&fields.model),
-                criticality,
-                prompt,
-            };
-            if let Err(action) = self.route_to_pool(pool, &facts) {
-                return action;
-            }
-        }
-        if let Some(edit) = openai::plan_body_edit(body, &fields, target, ask_usage) {
-            self.apply_body_edit(edit);
-        }
-        self.set_model_header(target.unwrap_or(&fields.model));
-        if let Err(action) = self.carry_out_routing() {
-            return action;
-        }
-        let outcome = match decision {
-            ModelDecision::Passthrough { .. } => "passthrough",
-            _ if self.outcome == "failed_open" => "failed_open",
-            _ => "routed",
-        };
-        self.count(outcome);
-        self.routed = true;
-        self.inference = true;
-        self.streaming = fields.stream;
-        self.buffering = false;
-        Action::Continue
     }
 
     /// The response is over: count its tokens (once).
@@ -426,6 +316,9 @@ impl InferenceFilter {
     /// The decision, for Envoy's access log: filter state `wasm.inference_router.<field>`
     /// (`%FILTER_STATE(wasm.inference_router.model:PLAIN)%`). Set once, when the request ends.
     fn publish_log_fields(&self) {
+        let tokens = self
+            .usage
+            .map(|u| (u.prompt_tokens.to_string(), u.completion_tokens.to_string()));
         let fields = [
             ("inference_router.outcome", Some(self.outcome)),
             ("inference_router.model", self.requested_model.as_deref()),
@@ -434,43 +327,40 @@ impl InferenceFilter {
                 self.target_model.as_deref(),
             ),
             ("inference_router.endpoint", self.endpoint.as_deref()),
+            (
+                "inference_router.prompt_tokens",
+                tokens.as_ref().map(|t| t.0.as_str()),
+            ),
+            (
+                "inference_router.completion_tokens",
+                tokens.as_ref().map(|t| t.1.as_str()),
+            ),
         ];
         for (key, value) in fields {
             if let Some(value) = value {
                 host::set_property(key, value.as_bytes());
             }
         }
-        if let Some(u) = self.usage {
-            host::set_property(
-                "inference_router.prompt_tokens",
-                u.prompt_tokens.to_string().as_bytes(),
-            );
-            host::set_property(
-                "inference_router.completion_tokens",
-                u.completion_tokens.to_string().as_bytes(),
-            );
-        }
     }
 }
 
 /// Count a pick in `inference_router_endpoint_picks_total`; the metric id is cached with the
 /// member list, so a pick costs one host call and no name building.
-fn count_pick(pool: &str, members: &Members, index: usize, endpoint: &str) {
+fn count_pick(members: &Members, index: usize) {
     let Some(cell) = members.host_ids.get(index) else {
         return;
     };
-    let id = match cell.get() {
-        Some(id) => Some(id),
-        None => {
-            let name = stats::name_with_labels(
-                stats::ENDPOINT_PICKS_TOTAL,
-                &[("pool", pool), ("endpoint", endpoint)],
-            );
-            let id = host_stats::define_counter(&name);
-            cell.set(id);
-            id
-        }
-    };
+    let id = cell.get().or_else(|| {
+        let pool = members.pool.as_str();
+        let endpoint = members.endpoints.get(index).map_or("?", String::as_str);
+        let name = stats::name_with_labels(
+            stats::ENDPOINT_PICKS_TOTAL,
+            &[("pool", pool), ("endpoint", endpoint)],
+        );
+        let id = host_stats::define_counter(&name);
+        cell.set(id);
+        id
+    });
     if let Some(id) = id {
         host_stats::increment_id(id, 1);
     }
@@ -478,7 +368,7 @@ fn count_pick(pool: &str, members: &Members, index: usize, endpoint: &str) {
 
 fn log_gate_missing_once() {
     thread_local! {
-        static LOGGED: Cell<bool> = const { Cell::new(false) };
+        static LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
     if !LOGGED.with(|l| l.replace(true)) {
         log::error!(
@@ -502,7 +392,7 @@ impl HttpContext for InferenceFilter {
             headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| String::from_utf8_lossy(v))
+                .map(|(_, v)| v.as_slice())
         };
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
         let mut removed = false;
@@ -512,9 +402,9 @@ impl HttpContext for InferenceFilter {
                 removed = true;
             }
         }
-        let method = find(":method").unwrap_or_default();
-        let path = find(":path").unwrap_or_default();
-        self.api = openai::inference_api(&method, &path);
+        let text =
+            |name: &str| String::from_utf8_lossy(find(name).unwrap_or_default()).into_owned();
+        self.api = openai::inference_api(&text(":method"), &text(":path"));
         if self.api.is_none() {
             if removed {
                 host::clear_route_cache();
@@ -522,21 +412,27 @@ impl HttpContext for InferenceFilter {
             return Action::Continue;
         }
         if end_of_stream {
-            return self.reply(400, "invalid_request_error", "request body is empty");
+            return self.reply(&Reply::new(
+                400,
+                "invalid_request_error",
+                "request body is empty",
+            ));
         }
         let content_length = find("content-length");
         self.had_content_length = content_length.is_some();
-        if let Some(len) = content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
-            if len > config.max_request_body_bytes {
-                return self.too_large();
-            }
+        let announced = content_length
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|len| len > config.max_request_body_bytes) {
+            return self.too_large();
         }
-        self.session = config
-            .session_header
-            .as_deref()
-            // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-            .and_then(|h| self.get_http_request_header_bytes(h))
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
+        self.session = config.session_header.as_deref().and_then(|h| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(h))
+                .map(|(_, v)| v.clone())
+        });
         self.buffering = true;
         self.started_ms = host::now_ms();
         match self.mode {
@@ -592,10 +488,9 @@ impl HttpContext for InferenceFilter {
         // Each chunk is read (and, when we added the usage event, filtered) as it passes; never
         // buffered: what came goes on to the client now.
         if self.tap.reads() {
-            let chunk = if body_size == 0 {
-                None
-            } else {
-                self.get_http_response_body(0, body_size)
+            let chunk = match body_size {
+                0 => None,
+                n => self.get_http_response_body(0, n),
             };
             let step = self
                 .tap
@@ -628,17 +523,14 @@ impl HttpContext for InferenceFilter {
         }
         let state = Rc::clone(&self.state);
         let now = host::now_ms();
-        state.add(
-            RequestMetric::Duration,
-            self.labels,
-            now.saturating_sub(self.started_ms),
-        );
+        let since_start = |t: u64| t.saturating_sub(self.started_ms);
+        state.add(RequestMetric::Duration, self.labels, since_start(now));
         // The first token when the stream shows one, else its first byte.
         if let (true, Some(first)) = (self.streaming, self.first_token_ms.or(self.first_byte_ms)) {
             state.add(
                 RequestMetric::TimeToFirstToken,
                 self.labels,
-                first.saturating_sub(self.started_ms),
+                since_start(first),
             );
             let tokens = self.usage.map_or(0, |u| u.completion_tokens);
             if tokens > 1 {

@@ -17,7 +17,7 @@ use proxy_wasm::types::{Action, MapType};
 use router_core::config::{Config, FailureMode};
 use router_core::gate::{GateAddress, Release, GATE_ADDRESS_KEY, QUEUE_PREFIX, READER_MARK_KEY};
 use router_core::{openai, stats};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -226,5 +226,54 @@ impl HttpContext for GateFilter {
 impl Drop for GateFilter {
     fn drop(&mut self) {
         self.gate.waiting.borrow_mut().remove(&self.context_id);
+    }
+}
+
+/// The reader's side of the handoff: finds the gate of the current request and sends it the
+/// decision. Gate queues are resolved once per gate VM.
+#[derive(Default)]
+pub struct GateLink {
+    queues: RefCell<HashMap<(String, String), u32>>,
+    logged: Cell<bool>,
+}
+
+impl GateLink {
+    /// The gate waiting on the current request, if one published itself.
+    pub fn find() -> Option<GateAddress> {
+        host::property(GATE_ADDRESS_KEY).and_then(|b| GateAddress::decode(&b).ok())
+    }
+
+    /// Hand `release` to the gate at `address`; Err says why it could not be.
+    pub fn send(&self, address: &GateAddress, release: &Release) -> Result<(), String> {
+        let queue = self
+            .queue(address)
+            .ok_or_else(|| format!("no queue {} in vm_id \"{}\"", address.queue, address.vm_id))?;
+        hostcalls::enqueue_shared_queue(queue, Some(&release.encode()))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn queue(&self, address: &GateAddress) -> Option<u32> {
+        let key = (address.vm_id.clone(), address.queue.clone());
+        if let Some(&id) = self.queues.borrow().get(&key) {
+            return Some(id);
+        }
+        let id = hostcalls::resolve_shared_queue(&address.vm_id, &address.queue)
+            .ok()
+            .flatten()?;
+        if !self.logged.replace(true) {
+            // Istio gives both filters the same VM (no vm_id), Envoy Gateway one VM each.
+            log::info!(
+                "reader: gate queue {} found in vm_id \"{}\" ({} VM)",
+                address.queue,
+                address.vm_id,
+                if address.instance == host::vm_instance() {
+                    "this reader's"
+                } else {
+                    "another"
+                }
+            );
+        }
+        self.queues.borrow_mut().insert(key, id);
+        Some(id)
     }
 }

@@ -16,6 +16,8 @@ use std::rc::Rc;
 /// One member list and what is known of it.
 #[derive(Debug)]
 pub struct Members {
+    /// The pool's name.
+    pub pool: String,
     /// `ip:port` of each member, in the order the other fields use.
     pub endpoints: Vec<String>,
     /// `scheduling::endpoint_id` of each member.
@@ -32,6 +34,7 @@ pub struct Members {
 
 impl Members {
     fn new(
+        pool: &str,
         counters_key: &str,
         endpoints: Vec<String>,
         states: Vec<Option<EndpointState>>,
@@ -39,6 +42,7 @@ impl Members {
     ) -> Members {
         let ids: Vec<u64> = endpoints.iter().map(|e| endpoint_id(e)).collect();
         Members {
+            pool: pool.to_string(),
             counters: Rc::new(PoolCounters::new(counters_key.to_string(), ids.clone())),
             host_ids: vec![Cell::new(None); endpoints.len()],
             ids,
@@ -51,6 +55,7 @@ impl Members {
     /// The same list with new states.
     fn with_states(&self, states: Vec<Option<EndpointState>>) -> Members {
         Members {
+            pool: self.pool.clone(),
             endpoints: self.endpoints.clone(),
             ids: self.ids.clone(),
             states,
@@ -85,6 +90,7 @@ impl PoolView {
             snapshot_key: keys.snapshot(&pool.name),
             version_key: keys.version(&pool.name),
             members: RefCell::new(Rc::new(Members::new(
+                &pool.name,
                 &counters_key,
                 pool.endpoints.clone(),
                 states,
@@ -165,7 +171,13 @@ impl PoolView {
                 .into_iter()
                 .map(|(a, s)| (a, Some(s)))
                 .unzip();
-            Members::new(&self.counters_key, endpoints, states, snapshot.generation)
+            Members::new(
+                &self.name,
+                &self.counters_key,
+                endpoints,
+                states,
+                snapshot.generation,
+            )
         } else {
             // Configured members, published in another order or subset: match by address.
             let mut states = vec![None; current.endpoints.len()];

@@ -1,6 +1,8 @@
 //! The per-request model decision: which pool serves the requested model and which target model
 //! the body is rewritten to. Pure: the host gives the request's facts and a random number.
 
+pub mod plan;
+
 use crate::config::{Config, Model, UnknownModels};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

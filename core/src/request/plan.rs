@@ -1,0 +1,267 @@
+//! The whole request decision, from the buffered body to what the host must do: the body scan,
+//! the model decision, the pick, the body edit and the headers, or the reply that ends the
+//! request. The host carries the plan out (`src/filter.rs`); nothing here calls the proxy except
+//! through the shared store the pick counts in.
+
+use super::{decide_model, ModelDecision};
+use crate::config::{Config, Criticality};
+use crate::host::{Say, SharedStore};
+use crate::openai::{self, BodyEdit, InferenceApi};
+use crate::pool::view::Members;
+use crate::scheduling::worker::{Pick, RequestFacts, WorkerScheduler};
+use crate::stats::RequestLabels;
+use std::rc::Rc;
+
+/// An error reply the filter sends itself (docs/contract.md section 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Its `inference_router_requests_total` outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self.status {
+            429 => "shed",
+            503 => "unavailable",
+            _ => "rejected",
+        }
+    }
+
+    pub fn body(&self) -> String {
+        openai::error_body(self.status, self.kind, &self.message)
+    }
+}
+
+/// Where the request goes and how it changes on the way.
+#[derive(Debug)]
+pub struct Route {
+    /// The picked member (`Members::endpoints[index]`); None when no pool was decided (a
+    /// passthrough without `defaultPool`: Envoy's own route decides).
+    pub member: Option<(Rc<Members>, usize)>,
+    /// The pick is counted in flight: release it when the request ends.
+    pub counted: bool,
+    /// The body's edit (model value, and the usage request of a stream), if any.
+    pub body: Option<BodyEdit>,
+    /// The `x-gateway-model-name` value: the target model.
+    pub model: String,
+    /// The client asked for a stream.
+    pub streaming: bool,
+    /// `routed`, `failed_open` or `passthrough`.
+    pub outcome: &'static str,
+}
+
+impl Route {
+    /// The picked endpoint's `ip:port`.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.member
+            .as_ref()
+            .and_then(|(m, i)| m.endpoints.get(*i))
+            .map(String::as_str)
+    }
+}
+
+/// The decision for one request.
+#[derive(Debug)]
+pub struct Plan {
+    /// Label values for its stats.
+    pub labels: RequestLabels,
+    /// The model the client asked for (None: the body had none).
+    pub requested: Option<String>,
+    pub action: Result<Route, Reply>,
+}
+
+/// Decide what to do with a request whose whole body is `body`. `session`: the session header's
+/// value, if configured and sent; `api`: which inference API the path is.
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    config: &Config,
+    scheduler: &WorkerScheduler,
+    store: &(impl SharedStore + ?Sized),
+    say: &(impl Say + ?Sized),
+    api: Option<InferenceApi>,
+    body: &[u8],
+    session: Option<&[u8]>,
+    now_ms: u64,
+) -> Plan {
+    let fields = match openai::scan_request(body) {
+        Ok(f) => f,
+        Err(e) => {
+            return Plan {
+                labels: RequestLabels::default(),
+                requested: None,
+                action: Err(Reply::new(400, "invalid_request_error", e.message())),
+            }
+        }
+    };
+    let session = session.or(fields.user.as_deref().map(str::as_bytes));
+    let decision = decide_model(config, &fields.model, session, scheduler.random());
+    let labels = RequestLabels::of(config, &decision);
+    let requested = Some(fields.model.to_string());
+    let (pool, target, criticality, passthrough) = match decision {
+        ModelDecision::Reject => {
+            let msg = format!("The model `{}` does not exist.", fields.model);
+            return Plan {
+                labels,
+                requested,
+                action: Err(Reply::new(404, "NotFoundError", msg)),
+            };
+        }
+        ModelDecision::Passthrough { pool } => (pool, None, Criticality::Standard, true),
+        ModelDecision::Configured { model, target } => {
+            (Some(model.pool), target, model.criticality, false)
+        }
+    };
+    let mut route = Route {
+        member: None,
+        counted: false,
+        body: None,
+        model: target.unwrap_or(&fields.model).to_string(),
+        streaming: fields.stream,
+        outcome: if passthrough { "passthrough" } else { "routed" },
+    };
+    if let Some(pool) = pool {
+        // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
+        let prompt: &[u8] = match (&fields.prompt_span, config.strategy.needs_prefix()) {
+            (Some(span), true) => body.get(span.clone()).unwrap_or_default(),
+            _ => &[],
+        };
+        let facts = RequestFacts {
+            target_model: &route.model,
+            criticality,
+            prompt,
+        };
+        let name = config.pools.get(pool).map_or("?", |p| p.name.as_str());
+        match scheduler.pick(store, say, pool, &facts, now_ms) {
+            Pick::Endpoint {
+                members,
+                index,
+                counted,
+                fail_open,
+            } => {
+                route.member = Some((members, index));
+                route.counted = counted;
+                if fail_open && !passthrough {
+                    route.outcome = "failed_open";
+                }
+            }
+            Pick::Shed => {
+                let msg = format!("pool \"{name}\" is saturated; sheddable request dropped");
+                return Plan {
+                    labels,
+                    requested,
+                    action: Err(Reply::new(429, "rate_limit_exceeded", msg)),
+                };
+            }
+            Pick::Unavailable => {
+                let msg = format!("no endpoint available in pool \"{name}\"");
+                return Plan {
+                    labels,
+                    requested,
+                    action: Err(Reply::new(503, "service_unavailable", msg)),
+                };
+            }
+        }
+    }
+    // Streams report usage only when asked: ask on the client's behalf (the response tap takes
+    // it out again).
+    let ask_usage = fields.stream
+        && matches!(
+            api,
+            Some(InferenceApi::Completions | InferenceApi::ChatCompletions)
+        );
+    route.body = openai::plan_body_edit(body, &fields, target, ask_usage);
+    Plan {
+        labels,
+        requested,
+        action: Ok(route),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::memory::MemHost;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn config(extra: &str) -> Config {
+        let doc = format!(
+            r#"{{"pools":[{{"name":"p","endpoints":["10.0.0.1:80"]}},{{"name":"empty","endpoints":[]}}],
+                 "models":[{{"modelName":"lora","poolRef":"p","targetModels":[{{"name":"sql","weight":1}}]}},
+                           {{"modelName":"orphan","poolRef":"empty"}}],
+                 "scheduling":{{"strategy":"ROUND_ROBIN"}}{extra}}}"#
+        );
+        Config::parse(doc.as_bytes()).unwrap()
+    }
+
+    fn run(c: &Config, body: &str) -> Plan {
+        let host = MemHost::default();
+        let s = WorkerScheduler::new(c, 7);
+        plan(
+            c,
+            &s,
+            &host,
+            &host,
+            Some(InferenceApi::Completions),
+            body.as_bytes(),
+            None,
+            0,
+        )
+    }
+
+    #[test]
+    fn a_configured_model_is_routed_with_its_target_and_edit() {
+        let c = config("");
+        let body = r#"{"model":"lora","prompt":"hi","stream":true}"#;
+        let p = run(&c, body);
+        let route = p.action.unwrap();
+        assert_eq!(route.endpoint(), Some("10.0.0.1:80"));
+        assert_eq!(route.model, "sql");
+        assert_eq!(route.outcome, "routed");
+        let edit = route.body.unwrap();
+        assert!(edit.usage_injected);
+        let out: serde_json::Value = serde_json::from_slice(&edit.apply(body.as_bytes())).unwrap();
+        assert_eq!(out["model"], "sql");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(p.requested.as_deref(), Some("lora"));
+    }
+
+    #[test]
+    fn every_reply_of_the_contract() {
+        let c = config(r#","unknownModels":"reject""#);
+        for (body, status) in [
+            ("{oops", 400),
+            (r#"{"prompt":"x"}"#, 400),
+            (r#"{"model":"nope"}"#, 404),
+            (r#"{"model":"orphan"}"#, 503),
+        ] {
+            let reply = run(&c, body).action.unwrap_err();
+            assert_eq!(reply.status, status, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&reply.body()).unwrap();
+            assert_eq!(v["error"]["code"], status);
+        }
+    }
+
+    #[test]
+    fn a_passthrough_without_default_pool_is_left_to_envoy_unchanged() {
+        let c = config("");
+        let route = run(&c, r#"{"model":"other","prompt":"x"}"#).action.unwrap();
+        assert!(route.member.is_none());
+        assert!(route.body.is_none());
+        assert_eq!(
+            (route.model.as_str(), route.outcome),
+            ("other", "passthrough")
+        );
+    }
+}
