@@ -678,21 +678,47 @@ async fn model_replies(install: Install) {
         .push(json!({"modelName": "batch", "poolRef": POOL, "criticality": "Sheddable"}));
     let running = start(install, &m, &addrs(&pods)).await;
     let client = running.client().unwrap();
-    let r = client.post("/v1/completions", completion("no-such-model", 1), &[]).await.unwrap();
-    assert_error(&format!("{install:?} unknown model"), r.status, &r.body, 404);
+    let r = client
+        .post("/v1/completions", completion("no-such-model", 1), &[])
+        .await
+        .unwrap();
+    assert_error(
+        &format!("{install:?} unknown model"),
+        r.status,
+        &r.body,
+        404,
+    );
     // Saturated pods (queue 10 > 5): Sheddable requests are shed, the others still routed.
     for pod in &pods {
         pod.pin(&load(10, 0.1));
     }
     let baseline: Vec<usize> = pods.iter().map(Pod::scrape_count).collect();
     let deadline = Instant::now() + PROMPT;
-    while pods.iter().zip(&baseline).any(|(p, b)| p.scrape_count() < b + 2) {
-        assert!(Instant::now() < deadline, "{install:?}: pods not scraped again");
+    while pods
+        .iter()
+        .zip(&baseline)
+        .any(|(p, b)| p.scrape_count() < b + 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{install:?}: pods not scraped again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = client.post("/v1/completions", completion("batch", 1), &[]).await.unwrap();
-    assert_error(&format!("{install:?} sheddable, saturated"), r.status, &r.body, 429);
-    let r = client.post("/v1/completions", completion("lora-request", 1), &[]).await.unwrap();
+    let r = client
+        .post("/v1/completions", completion("batch", 1), &[])
+        .await
+        .unwrap();
+    assert_error(
+        &format!("{install:?} sheddable, saturated"),
+        r.status,
+        &r.body,
+        429,
+    );
+    let r = client
+        .post("/v1/completions", completion("lora-request", 1), &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{install:?}: {}", r.text());
     let shed = pods
         .iter()
@@ -718,15 +744,28 @@ async fn envoy_gateway_rejects_and_sheds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_gateway_needs_its_buffer_policy_for_large_prompts() {
     let pods = pods(1).await;
-    let body = format!("{{\"model\":\"lora-request\",\"prompt\":\"{}\"}}", "c".repeat(200_000));
+    let body = format!(
+        "{{\"model\":\"lora-request\",\"prompt\":\"{}\"}}",
+        "c".repeat(200_000)
+    );
     let mut m = EnvoyGateway.manifests();
     m.remove("ClientTrafficPolicy", "inference-gateway-buffer");
     let running = start(EnvoyGateway, &m, &addrs(&pods)).await;
-    let r = running.client().unwrap().post("/v1/completions", body.clone(), &[]).await.unwrap();
+    let r = running
+        .client()
+        .unwrap()
+        .post("/v1/completions", body.clone(), &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(pods[0].request_count(), 0);
     drop(running);
     let running = start(EnvoyGateway, &EnvoyGateway.manifests(), &addrs(&pods)).await;
-    let r = running.client().unwrap().post("/v1/completions", body, &[]).await.unwrap();
+    let r = running
+        .client()
+        .unwrap()
+        .post("/v1/completions", body, &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
