@@ -32,9 +32,9 @@ ENVOY=$ROOT/.venv/bin/envoy
 DOC=${BENCH_DOC:-$ROOT/docs/benchmarks.md}   # BENCH_DOC: write the report elsewhere
 NOOP_TARGET=$ROOT/target/bench-noop-filter
 NOOP_WASM=$NOOP_TARGET/wasm32-wasip1/release/bench_noop_filter.wasm
-# The page every simulated pod serves at /metrics: the shared real-vLLM fixture (the core's tests
-# read the same file).
-METRICS_PAGE=${BENCH_METRICS_PAGE:-$ROOT/../shared/fixtures/vllm-0.32-cpu/metrics-idle.txt}
+# The page every simulated pod serves at /metrics: the real-vLLM fixture in testdata/ (the core's
+# tests read the same file).
+METRICS_PAGE=${BENCH_METRICS_PAGE:-$ROOT/testdata/vllm-0.32-cpu/metrics-idle.txt}
 STAGES=${BENCH_STAGES:-main pool8 pool64 pool512 sched}
 START=$SECONDS
 

@@ -1,7 +1,7 @@
 //! Runs the real Envoy (`<repo>/.venv/bin/envoy`) with a generated configuration: the plugin in
-//! front of ORIGINAL_DST clusters (CONTRACT section 2), a plain round-robin `passthrough` cluster
-//! for requests without a destination header, and optionally a second listener without the plugin
-//! for comparisons. Ports are chosen by the kernel and read back from the admin API.
+//! front of ORIGINAL_DST clusters (docs/contract.md section 2), a plain round-robin `passthrough`
+//! cluster for requests without a destination header, and optionally a second listener without
+//! the plugin for comparisons. Ports are chosen by the kernel and read back from the admin API.
 
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};

@@ -35,9 +35,9 @@ pub fn repo_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-/// The real vLLM fixtures shared by every engineer (`<repo>/../shared/fixtures/vllm-0.32-cpu`).
+/// The real vLLM 0.32 fixtures in the repository (`<repo>/testdata/vllm-0.32-cpu`; see its README).
 pub fn fixtures_dir() -> PathBuf {
-    repo_root().join("../shared/fixtures/vllm-0.32-cpu")
+    repo_root().join("testdata/vllm-0.32-cpu")
 }
 
 /// Wait for Ctrl-C or SIGTERM.

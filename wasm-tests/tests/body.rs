@@ -1,4 +1,5 @@
-//! The body the pod receives is the client's, byte for byte, except the model value.
+//! The body the pod receives is the client's, byte for byte, except the model value. (A stream
+//! whose client did not ask for usage also gets `stream_options.include_usage`: `tokens.rs`.)
 
 // Test helpers fail loudly: clippy.toml only exempts #[test] bodies themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,5 +1,5 @@
 //! An invalid configuration makes Envoy refuse to start, and the plugin's log line names the
-//! offending field (CONTRACT section 3).
+//! offending field (docs/contract.md section 3).
 
 // Test helpers fail loudly: clippy.toml only exempts #[test] bodies themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

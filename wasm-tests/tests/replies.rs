@@ -1,6 +1,6 @@
-//! CONTRACT section 4: the plugin's own replies (all but 429, which needs scraped metrics).
-//! Each is an OpenAI error `{"error":{"message","type","code"}}` with code = the status, and no
-//! pod ever sees the request.
+//! docs/contract.md section 4: the plugin's own replies (all but 429, which needs scraped
+//! metrics). Each is an OpenAI error `{"error":{"message","type","code"}}` with code = the status,
+//! and no pod ever sees the request.
 
 // Test helpers fail loudly: clippy.toml only exempts #[test] bodies themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

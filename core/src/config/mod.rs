@@ -1,6 +1,6 @@
-//! The configuration document (CONTRACT section 3): parsed once at `on_configure`, validated, and
-//! compiled into the runtime form the filter uses per request. Any error names the offending field,
-//! so Envoy refuses the document instead of running half of it.
+//! The configuration document (docs/contract.md section 3): parsed once at `on_configure`,
+//! validated, and compiled into the runtime form the filter uses per request. Any error names the
+//! offending field, so Envoy refuses the document instead of running half of it.
 
 mod raw;
 

@@ -1,4 +1,4 @@
-//! The configuration document exactly as users write it (CONTRACT section 3).
+//! The configuration document exactly as users write it (docs/contract.md section 3).
 //! Unknown fields are refused so a typo is named instead of silently ignored.
 
 use crate::scheduling::SchedulingConfig;

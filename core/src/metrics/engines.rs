@@ -473,9 +473,8 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    const UNDER_LOAD: &str =
-        include_str!("../../../../shared/fixtures/vllm-0.32-cpu/metrics-under-load.txt");
-    const IDLE: &str = include_str!("../../../../shared/fixtures/vllm-0.32-cpu/metrics-idle.txt");
+    const UNDER_LOAD: &str = include_str!("../../../testdata/vllm-0.32-cpu/metrics-under-load.txt");
+    const IDLE: &str = include_str!("../../../testdata/vllm-0.32-cpu/metrics-idle.txt");
 
     fn dialect(engine: Engine) -> Dialect {
         Dialect::new(engine, &[]).unwrap()

@@ -482,8 +482,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    const UNDER_LOAD: &str =
-        include_str!("../../../../shared/fixtures/vllm-0.32-cpu/metrics-under-load.txt");
+    const UNDER_LOAD: &str = include_str!("../../../testdata/vllm-0.32-cpu/metrics-under-load.txt");
 
     fn all(page: &str) -> (Vec<Sample<'_>>, ParseStats) {
         let mut v = Vec::new();

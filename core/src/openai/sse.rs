@@ -425,11 +425,10 @@ mod tests {
     use crate::openai::usage::tests::Rng;
 
     const CHAT_SSE: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/chat-stream-with-usage.sse");
+        include_bytes!("../../../testdata/vllm-0.32-cpu/chat-stream-with-usage.sse");
     const COMPLETION_SSE: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/completion-stream-no-usage.sse");
-    const COMPLETION: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/completion.json");
+        include_bytes!("../../../testdata/vllm-0.32-cpu/completion-stream-no-usage.sse");
+    const COMPLETION: &[u8] = include_bytes!("../../../testdata/vllm-0.32-cpu/completion.json");
 
     /// Everything observable after feeding `pieces`: per-chunk progress merged, then the totals.
     #[derive(Debug, PartialEq, Eq)]

@@ -244,9 +244,9 @@ mod tests {
     use serde_json::{json, Value as Json};
 
     const CHAT_SSE: &str =
-        include_str!("../../../../shared/fixtures/vllm-0.32-cpu/chat-stream-with-usage.sse");
+        include_str!("../../../testdata/vllm-0.32-cpu/chat-stream-with-usage.sse");
     const COMPLETION_SSE: &str =
-        include_str!("../../../../shared/fixtures/vllm-0.32-cpu/completion-stream-no-usage.sse");
+        include_str!("../../../testdata/vllm-0.32-cpu/completion-stream-no-usage.sse");
 
     // ---- request side ----
 

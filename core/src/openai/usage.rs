@@ -166,15 +166,12 @@ pub(crate) mod tests {
 
     use super::*;
 
-    const COMPLETION: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/completion.json");
-    const CHAT: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/chat-completion.json");
-    const ERROR: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/error-unknown-model.json");
-    const MODELS: &[u8] = include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/models.json");
+    const COMPLETION: &[u8] = include_bytes!("../../../testdata/vllm-0.32-cpu/completion.json");
+    const CHAT: &[u8] = include_bytes!("../../../testdata/vllm-0.32-cpu/chat-completion.json");
+    const ERROR: &[u8] = include_bytes!("../../../testdata/vllm-0.32-cpu/error-unknown-model.json");
+    const MODELS: &[u8] = include_bytes!("../../../testdata/vllm-0.32-cpu/models.json");
     const CHAT_SSE: &[u8] =
-        include_bytes!("../../../../shared/fixtures/vllm-0.32-cpu/chat-stream-with-usage.sse");
+        include_bytes!("../../../testdata/vllm-0.32-cpu/chat-stream-with-usage.sse");
 
     fn scan(pieces: &[&[u8]]) -> Option<Usage> {
         let mut s = UsageScanner::new();

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The simulator's parameters. Defaults: Llama-2-7B (fp16) served by vLLM on one A100-80GB, the
-/// pool the CONTRACT's example is named after:
+/// pool docs/contract.md's example is named after:
 ///
 /// - `num_gpu_blocks` 7168 × `block_size` 16 ≈ 115k tokens: Llama-2-7B's KV cache takes
 ///   2 × 32 layers × 4096 × 2 bytes = 512 KiB per token; with `gpu_memory_utilization` 0.9
