@@ -223,3 +223,46 @@ fn headers_are_lowercased_and_model_without_pool_uses_default() {
     assert_eq!(c.session_header.as_deref(), Some("x-session-id"));
     assert_eq!(c.model("m").unwrap().pool, 0);
 }
+
+#[test]
+fn times_and_the_prefix_index_are_bounded() {
+    let too_long = r#"{"pools":[{"name":"p","endpoints":[],"metrics":{"intervalMs":600001}}]}"#;
+    assert_eq!(
+        Config::parse(too_long.as_bytes()).unwrap_err().field,
+        "pools[0].metrics.intervalMs"
+    );
+    let gate = r#"{"gate":{"timeoutMs":0}}"#;
+    assert_eq!(
+        Config::parse(gate.as_bytes()).unwrap_err().field,
+        "gate.timeoutMs"
+    );
+    let eps: Vec<String> = (0..100).map(|i| format!("\"10.0.0.{i}:80\"")).collect();
+    let big = format!(
+        r#"{{"pools":[{{"name":"p","endpoints":[{}]}}],
+            "scheduling":{{"strategy":"PREFIX_CACHE","prefix":{{"capacity":1000000}}}}}}"#,
+        eps.join(",")
+    );
+    assert_eq!(
+        Config::parse(big.as_bytes()).unwrap_err().field,
+        "scheduling.prefix.capacity"
+    );
+}
+
+#[test]
+fn instances_default_to_the_pools_and_can_be_named() {
+    let a = Config::parse(br#"{"pools":[{"name":"a","endpoints":[]}]}"#).unwrap();
+    let b = Config::parse(br#"{"pools":[{"name":"b","endpoints":[]}]}"#).unwrap();
+    let a2 = Config::parse(br#"{"pools":[{"name":"a","endpoints":["10.0.0.1:80"]}]}"#).unwrap();
+    assert_ne!(a.instance, b.instance);
+    assert_eq!(
+        a.instance, a2.instance,
+        "same pool, same cluster: same instance"
+    );
+    assert_ne!(
+        a.pools_fingerprint, a2.pools_fingerprint,
+        "but not the same pools"
+    );
+    let named = Config::parse(br#"{"instanceName":"team-a"}"#).unwrap();
+    assert_eq!(named.instance, "team-a");
+    assert!(Config::parse(br#"{"instanceName":"a/b"}"#).is_err());
+}

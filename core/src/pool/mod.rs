@@ -1,6 +1,8 @@
-//! The pool's published state: what the metrics collector learned of each endpoint, as the
-//! filter reads it from Envoy shared data. The collector writes one versioned snapshot per pool;
-//! filters decode it only when its version changes, never per request.
+//! A pool as the filters see it: what the metrics collector learned of each endpoint
+//! ([`EndpointState`], published as a snapshot, `crate::shared::snapshot`), a worker's view of the
+//! members ([`view`]), the shared per-endpoint request counters ([`counters`]), and members read
+//! from an Envoy cluster ([`discovery`]). Filters decode a snapshot only when its version changes,
+//! never per request.
 
 /// One endpoint as last scraped. Adapter names are as the engine reports them (LoRA names).
 #[derive(Debug, Clone, Default, PartialEq)]

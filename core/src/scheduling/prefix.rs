@@ -14,7 +14,9 @@
 //! evicts its least recently used entry, so memory is fixed at `4 × capacity` bytes per endpoint,
 //! allocated on its first record, and every operation is O(1) worst case. LRU is exact within a
 //! bucket, approximate across the table. The bucket comes from a hash's low 32 bits and the
-//! fingerprint from its high 32, so a false match needs both to collide (≈ 2⁻³² per probe).
+//! fingerprint from its high 32, so a false match needs both to collide (≈ 2⁻³² per probe). The
+//! whole index of a pool stays within [`PREFIX_BUDGET_BLOCKS`]: a pool that grows past it gets
+//! smaller tables per endpoint (learning starts over).
 //!
 //! **Matching.** The score is the longest run of leading blocks all present. A prompt's blocks are
 //! recorded together, so presence is prefix-closed except where a bucket evicted one block early;
@@ -23,11 +25,9 @@
 //!
 //! **Sharing across workers.** Each Envoy worker (one VM each) keeps its own index and learns from
 //! its own picks. `record` also queues the record for export (bounded to `OUTBOX_LIMIT` bytes,
-//! oldest dropped first). The host is meant to, on a timer (100 ms–1 s):
-//! 1. `export` into a buffer and, if any record was written, store it in shared data under a key of
-//!    its own, e.g. `inference-router/prefix/<pool>/<worker-id>` (worker id drawn at VM start and
-//!    listed in a registry key updated by CAS);
-//! 2. `import` every other worker's value whose CAS changed since it last read it.
+//! oldest dropped first). Every 100 ms each worker `export`s what it learned and appends it to the
+//! pool's bounded journal in shared data, then `import`s the entries the other workers appended
+//! since it last read (`super::prefix_share`, `crate::shared::journal`).
 //!
 //! Imports never re-export. Learning is idempotent (a present entry is only refreshed), so reading
 //! an old or one's own blob does no harm, and a missed blob loses hints only. Records name endpoints
@@ -545,6 +545,22 @@ mod tests {
         idx.record(0, &hashes("llama-3", &p));
         assert_eq!(idx.matched_blocks(0, &hashes("llama-3", &p)), 8);
         assert_eq!(idx.matched_blocks(0, &hashes("sql-lora", &p)), 0);
+    }
+
+    #[test]
+    fn a_pool_past_the_budget_gets_smaller_tables() {
+        let mut idx = PrefixIndex::new(&settings(1 << 20), &[1, 2]);
+        assert_eq!(idx.capacity_per_endpoint(), 1 << 20);
+        let many: Vec<u64> = (0..64).collect();
+        idx.sync_endpoints(&many);
+        assert!(idx.capacity_per_endpoint() * 64 <= PREFIX_BUDGET_BLOCKS);
+        assert_eq!(idx.capacity_per_endpoint(), PREFIX_BUDGET_BLOCKS / 64);
+        idx.sync_endpoints(&[1, 2]);
+        assert_eq!(
+            idx.capacity_per_endpoint(),
+            1 << 20,
+            "back to the configured size"
+        );
     }
 
     #[test]
