@@ -221,14 +221,12 @@ pub fn generate(manifests: &Manifests, world: &World) -> Result<Generated> {
             },
         }]}],
     });
-    let bootstrap = json!({
-        "node": {"id": format!("envoy-{gw_ns}-{gw_name}"), "cluster": format!("{gw_ns}/{gw_name}")},
-        "admin": {"address": {"socket_address": {
-            "address": world.admin.ip().to_string(), "port_value": world.admin.port()}}},
-        "stats_flush_interval": "1s",
-        "stats_config": {"stats_tags": crate::envoy::stats_tags()},
-        "static_resources": {"listeners": [listener], "clusters": clusters},
-    });
+    let bootstrap = super::bootstrap(
+        json!({"id": format!("envoy-{gw_ns}-{gw_name}"), "cluster": format!("{gw_ns}/{gw_name}")}),
+        world,
+        listener,
+        clusters,
+    );
     Ok(Generated {
         bootstrap,
         listener: listener_name,

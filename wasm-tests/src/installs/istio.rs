@@ -192,15 +192,13 @@ pub fn generate(manifests: &Manifests, world: &World) -> Result<Generated> {
             },
         }]}],
     });
-    let bootstrap = json!({
-        "node": {"id": "router~10.0.0.1~inference-gateway-istio.default~default.svc.cluster.local",
-                 "cluster": "inference-gateway-istio.default"},
-        "admin": {"address": {"socket_address": {
-            "address": world.admin.ip().to_string(), "port_value": world.admin.port()}}},
-        "stats_flush_interval": "1s",
-        "stats_config": {"stats_tags": crate::envoy::stats_tags()},
-        "static_resources": {"listeners": [listener], "clusters": clusters},
-    });
+    let bootstrap = super::bootstrap(
+        json!({"id": "router~10.0.0.1~inference-gateway-istio.default~default.svc.cluster.local",
+               "cluster": "inference-gateway-istio.default"}),
+        world,
+        listener,
+        clusters,
+    );
     Ok(Generated {
         bootstrap,
         listener: listener_name,

@@ -353,6 +353,19 @@ pub fn gateway_duration(d: &str) -> Option<String> {
     Some(format!("{}.{:03}s", total_ms / 1000, total_ms % 1000))
 }
 
+/// The bootstrap around a generated listener and clusters: the node identity the control plane
+/// gives its proxies, the admin where `World` says, and the shipped stats tags.
+pub fn bootstrap(node: Value, world: &World, listener: Value, clusters: Vec<Value>) -> Value {
+    json!({
+        "node": node,
+        "admin": {"address": {"socket_address": {
+            "address": world.admin.ip().to_string(), "port_value": world.admin.port()}}},
+        "stats_flush_interval": "1s",
+        "stats_config": {"stats_tags": crate::envoy::stats_tags()},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    })
+}
+
 /// The HTTP router, last in every chain.
 pub fn router_filter() -> Value {
     json!({"name": "envoy.filters.http.router", "typed_config": {
