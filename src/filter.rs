@@ -14,7 +14,7 @@ use crate::host::{self, Envoy};
 use crate::stats as host_stats;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use router_core::config::{Config, FailureMode};
+use router_core::config::{Config, FailureMode, ListModels};
 use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
 use router_core::pool::view::Members;
@@ -113,6 +113,8 @@ pub struct InferenceFilter {
     started_ms: u64,
     first_byte_ms: Option<u64>,
     first_token_ms: Option<u64>,
+    /// `GET /v1/models` in merge mode: the call asking a pod for its own list.
+    models_call: Option<u32>,
 }
 
 impl InferenceFilter {
@@ -139,6 +141,7 @@ impl InferenceFilter {
             started_ms: 0,
             first_byte_ms: None,
             first_token_ms: None,
+            models_call: None,
         }
     }
 
@@ -294,6 +297,48 @@ impl InferenceFilter {
         }
     }
 
+    /// `GET /v1/models`: the gateway's served names, merged (if configured) with what a pod of the
+    /// default pool lists, which is asked first.
+    fn list_models(&mut self) -> Action {
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
+        if config.list_models == ListModels::Merge {
+            let pool = config.default_pool.unwrap_or(0);
+            let members = state.scheduler.members(&Envoy, &Envoy, pool);
+            let endpoint = members.as_ref().and_then(|m| {
+                let n = m.endpoints.len();
+                (n > 0).then(|| m.endpoints.get(state.scheduler.random() as usize % n))?
+            });
+            if let (Some(endpoint), Some(p)) = (endpoint, config.pools.get(pool)) {
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", "/v1/models"),
+                    (":authority", endpoint.as_str()),
+                    (config.destination_header.as_str(), endpoint.as_str()),
+                ];
+                let timeout = std::time::Duration::from_millis(1000);
+                match self.dispatch_http_call(&p.cluster, headers, None, vec![], timeout) {
+                    Ok(token) => {
+                        self.models_call = Some(token);
+                        return Action::Pause;
+                    }
+                    Err(e) => log::debug!("models list of {endpoint} not asked: {e:?}"),
+                }
+            }
+        }
+        self.send_models_list(None)
+    }
+
+    fn send_models_list(&mut self, pod_list: Option<&[u8]>) -> Action {
+        let list = openai::models_list(&self.state.config, pod_list, host::now_ms() / 1000);
+        self.send_http_response(
+            200,
+            vec![("content-type", "application/json")],
+            Some(list.as_bytes()),
+        );
+        Action::Pause
+    }
+
     /// The response is over: count its tokens (once).
     fn finish_usage(&mut self) {
         let Some(usage) = self.tap.finish() else {
@@ -379,7 +424,24 @@ fn log_gate_missing_once() {
     }
 }
 
-impl Context for InferenceFilter {}
+impl Context for InferenceFilter {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if self.models_call != Some(token) {
+            return;
+        }
+        self.models_call = None;
+        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
+        let ok = self
+            .get_http_call_response_header_bytes(":status")
+            .is_some_and(|s| s == b"200");
+        let body = if ok {
+            self.get_http_call_response_body(0, body_size)
+        } else {
+            None
+        };
+        self.send_models_list(body.as_deref());
+    }
+}
 
 impl HttpContext for InferenceFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -404,7 +466,11 @@ impl HttpContext for InferenceFilter {
         }
         let text =
             |name: &str| String::from_utf8_lossy(find(name).unwrap_or_default()).into_owned();
-        self.api = openai::inference_api(&text(":method"), &text(":path"));
+        let (method, path) = (text(":method"), text(":path"));
+        if config.list_models != ListModels::Pool && openai::is_models_list(&method, &path) {
+            return self.list_models();
+        }
+        self.api = openai::inference_api(&method, &path);
         if self.api.is_none() {
             if removed {
                 host::clear_route_cache();

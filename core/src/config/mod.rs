@@ -82,6 +82,17 @@ pub enum FailureMode {
     FailClose,
 }
 
+/// Who answers `GET /v1/models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListModels {
+    /// The gateway: its served names, then what a pod of the default pool lists.
+    Merge,
+    /// The gateway: its served names only.
+    Gateway,
+    /// A pod, as if the gateway were not there.
+    Pool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CollectorMode {
     Service,
@@ -159,6 +170,7 @@ pub struct Config {
     /// What the collector scrapes, as one number: filter and collector compare theirs to tell a
     /// deployment whose two roles were given different pools.
     pub pools_fingerprint: u64,
+    pub list_models: ListModels,
 }
 
 impl Config {
@@ -307,6 +319,17 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(err("gate.timeoutMs", format!("must be 1..={MAX_TIME_MS}")));
     }
 
+    let list_models = match raw.list_models.as_deref() {
+        None | Some("merge") => ListModels::Merge,
+        Some("gateway") => ListModels::Gateway,
+        Some("pool") => ListModels::Pool,
+        Some(other) => {
+            return Err(err(
+                "listModels",
+                format!("\"{other}\" is not one of merge, gateway, pool"),
+            ))
+        }
+    };
     let pools_fingerprint = pools_fingerprint(&pools);
     let instance = match raw.instance_name {
         Some(name) => {
@@ -350,6 +373,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         gate_timeout_ms,
         instance,
         pools_fingerprint,
+        list_models,
     })
 }
 

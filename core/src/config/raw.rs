@@ -25,6 +25,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub gate: RawGate,
     pub instance_name: Option<String>,
+    pub list_models: Option<String>,
 }
 
 /// The gate role's own settings (installs without `allow_on_headers_stop_iteration`).

@@ -3,6 +3,7 @@
 
 mod errors;
 mod json_stream;
+mod models;
 mod paths;
 mod response_tap;
 mod rewrite;
@@ -12,7 +13,8 @@ mod stream_usage;
 mod usage;
 
 pub use errors::error_body;
-pub use paths::{inference_api, InferenceApi};
+pub use models::models_list;
+pub use paths::{inference_api, is_models_list, InferenceApi};
 pub use response_tap::{ResponseTap, TapStep};
 pub use rewrite::{
     encode_json_string, model_prefix_replacement, plan_body_edit, rewrite_model, BodyEdit,

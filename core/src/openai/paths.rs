@@ -38,6 +38,12 @@ pub fn inference_api(method: &str, path: &str) -> Option<InferenceApi> {
     }
 }
 
+/// `GET /v1/models` (query ignored, one trailing slash accepted): the list the gateway answers.
+pub fn is_models_list(method: &str, path: &str) -> bool {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    method == "GET" && path.strip_suffix('/').unwrap_or(path) == "/v1/models"
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -114,5 +120,13 @@ mod tests {
         ] {
             assert_eq!(inference_api("POST", path), None, "{path:?}");
         }
+    }
+
+    #[test]
+    fn the_models_list() {
+        assert!(is_models_list("GET", "/v1/models"));
+        assert!(is_models_list("GET", "/v1/models/?x=1"));
+        assert!(!is_models_list("POST", "/v1/models"));
+        assert!(!is_models_list("GET", "/v1/models/tiny-llama"));
     }
 }
