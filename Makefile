@@ -11,7 +11,7 @@ TOOLS := .tools
 WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench clean
+.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench docker-test clean
 
 all: build
 
@@ -63,6 +63,11 @@ test: setup lint unit-test wasm-unit-test e2e-test
 
 run: build envoy
 	cargo run --release -p wasm-tests --bin local-stack
+
+# The README's `docker run` line against a private Docker engine (needs root; installs Debian's
+# docker.io if missing; about a minute). Not part of `make test`.
+docker-test: build envoy
+	cargo test -p wasm-tests --test docker -- --ignored
 
 # Proxy cost, scheduling quality and collector cost into docs/benchmarks.md (< 20 min;
 # BENCH_QUICK=1 for a < 3 min smoke run). Knobs: the header of wasm-tests/bench/run.sh.
