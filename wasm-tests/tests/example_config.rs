@@ -17,6 +17,34 @@ fn shipped_yaml() -> String {
     std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap()
 }
 
+/// envoy/envoy.yaml with fresh pods in place of the fixed addresses and kernel-chosen ports.
+async fn with_fresh_pods(yaml: &str, options: &PodOptions) -> (String, Vec<Pod>) {
+    let mut pods = Vec::new();
+    let mut rewritten = yaml
+        .replace("port_value: 8080", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0");
+    for ip in FIXED_PODS {
+        let pod = Pod::start_next(options.clone()).await.unwrap();
+        let (new_ip, new_port) = (pod.addr().ip().to_string(), pod.addr().port().to_string());
+        rewritten = rewritten
+            .replace(
+                &format!("\"{ip}:8000\""),
+                &format!("\"{new_ip}:{new_port}\""),
+            )
+            .replace(
+                &format!("address: {ip}, port_value: 8000"),
+                &format!("address: {new_ip}, port_value: {new_port}"),
+            );
+        pods.push(pod);
+    }
+    let left: Vec<&str> = rewritten
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains(":8000"))
+        .collect();
+    assert!(left.is_empty(), "addresses left unreplaced: {left:?}");
+    (rewritten, pods)
+}
+
 /// The block scalar under `value: &plugin-config |` in envoy.yaml: the plugin's inline
 /// configuration (the filter refers to it by the YAML alias).
 fn inline_configuration(yaml: &str) -> Value {
@@ -60,29 +88,7 @@ async fn envoy_yaml_serves_the_canary_rollout() {
         strict_models: true,
         ..PodOptions::default()
     };
-    let mut pods = Vec::new();
-    let mut rewritten = yaml
-        .replace("port_value: 8080", "port_value: 0")
-        .replace("port_value: 9901", "port_value: 0");
-    for ip in FIXED_PODS {
-        let pod = Pod::start_next(options.clone()).await.unwrap();
-        let (new_ip, new_port) = (pod.addr().ip().to_string(), pod.addr().port().to_string());
-        rewritten = rewritten
-            .replace(
-                &format!("\"{ip}:8000\""),
-                &format!("\"{new_ip}:{new_port}\""),
-            )
-            .replace(
-                &format!("address: {ip}, port_value: 8000"),
-                &format!("address: {new_ip}, port_value: {new_port}"),
-            );
-        pods.push(pod);
-    }
-    let left: Vec<&str> = rewritten
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && l.contains(":8000"))
-        .collect();
-    assert!(left.is_empty(), "addresses left unreplaced: {left:?}");
+    let (rewritten, pods) = with_fresh_pods(&yaml, &options).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, rewritten).unwrap();
@@ -175,4 +181,39 @@ async fn envoy_yaml_serves_the_canary_rollout() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// With the plugin gone from the chain (its VM failed and fail-open skipped it, say), a client's
+/// own destination header reaches only members of the pool: the shipped cluster's override_host
+/// skips any other address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_plugin_a_spoofed_destination_reaches_no_non_member() {
+    let yaml = shipped_yaml();
+    let start = yaml
+        .find("                  - name: inference-router\n")
+        .unwrap();
+    let end = yaml
+        .find("                  - name: envoy.filters.http.router")
+        .unwrap();
+    let without_plugin = format!("{}{}", &yaml[..start], &yaml[end..]);
+    let (rewritten, pods) = with_fresh_pods(&without_plugin, &PodOptions::default()).await;
+    let rogue = Pod::start_next(PodOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, rewritten).unwrap();
+    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    let client = envoy.client().unwrap();
+    for _ in 0..10 {
+        let r = client
+            .post(
+                "/v1/completions",
+                r#"{"model":"tiny-llama","prompt":"hi"}"#,
+                &[("x-gateway-destination-endpoint", &rogue.endpoint())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(rogue.request_count(), 0, "a non-member was reached");
+    assert_eq!(pods.iter().map(Pod::request_count).sum::<usize>(), 10);
 }
