@@ -527,6 +527,21 @@ impl HttpContext for InferenceFilter {
         self.on_full_body(&body)
     }
 
+    /// A body that ends with trailers (HTTP/2, or chunked HTTP/1.1 with a trailer section): its
+    /// last DATA frame did not end the stream, the trailers do. Decide now.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if !self.buffering {
+            return Action::Continue;
+        }
+        let max = self.state.config.max_request_body_bytes;
+        let limit = usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1);
+        let body = self.get_http_request_body(0, limit).unwrap_or_default();
+        if body.len() as u64 > max {
+            return self.too_large();
+        }
+        self.on_full_body(&body)
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if !self.routed {
             return Action::Continue;

@@ -207,3 +207,33 @@ pub fn header_map(headers: &[(&str, &str)]) -> Result<HeaderMap> {
     }
     Ok(map)
 }
+
+/// POST `body` to `path` over HTTP/2 (prior knowledge), in two DATA frames, then a trailer
+/// section that ends the stream: the body's last frame does not. Returns the status and body.
+pub async fn post_h2_with_trailers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+) -> Result<(u16, Bytes)> {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+    tokio::spawn(conn);
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("0"));
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(Frame::data(Bytes::copy_from_slice(a.as_bytes()))),
+        Ok(Frame::data(Bytes::copy_from_slice(b.as_bytes()))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}

@@ -769,3 +769,51 @@ async fn envoy_gateway_needs_its_buffer_policy_for_large_prompts() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A body that ends with trailers (HTTP/2): the reader decides when they arrive, the gate
+/// carries it out.
+async fn trailers_end_the_body(install: Install) {
+    let pods = pods(1).await;
+    let running = start(install, &install.manifests(), &addrs(&pods)).await;
+    let (status, body) = wasm_tests::client::post_h2_with_trailers(
+        running.listener,
+        "/v1/completions",
+        &completion("lora-request", 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{install:?}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let got = pods[0].requests();
+    assert_eq!(got.len(), 1);
+    assert!(
+        TARGETS.contains(&got[0].model().unwrap().as_str()),
+        "{install:?}: rewritten"
+    );
+    assert_eq!(
+        got[0].header("x-gateway-destination-endpoint"),
+        Some(pods[0].endpoint().as_str())
+    );
+    let (status, _) = wasm_tests::client::post_h2_with_trailers(
+        running.listener,
+        "/v1/completions",
+        "{\"model\":",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{install:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_wasmplugin_trailers_end_the_body() {
+    trailers_end_the_body(IstioWasmPlugin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_trailers_end_the_body() {
+    trailers_end_the_body(EnvoyGateway).await;
+}
