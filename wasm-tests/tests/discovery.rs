@@ -133,3 +133,47 @@ async fn pool_members_follow_the_eds_cluster() {
     assert_eq!(c[0], 0, "the removed member gets no more traffic: {c:?}");
     assert!(c[1] > 0 && c[2] > 0, "{c:?}");
 }
+
+/// A discovered pool with no collector to publish its members: nothing is known of it. FailOpen
+/// leaves the pick to the cluster's own load balancing (here the route's fallback cluster);
+/// FailClose answers 503 and says why. Either way the filter's log says once that no collector
+/// publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_pool_without_collector_follows_the_failure_mode() {
+    let pod = Pod::start_next(PodOptions::default()).await.unwrap();
+    for (mode, expected) in [("FailOpen", 200), ("FailClose", 503)] {
+        let config = json!({
+            "pools": [{"name": "pool-a", "discovery": {"cluster": "vllm-eds", "adminCluster": "envoy-admin"},
+                       "metrics": {"intervalMs": 100, "timeoutMs": 100}}],
+            "models": [{"modelName": "lora-request", "poolRef": "pool-a"}],
+            "failureMode": mode,
+        });
+        let mut spec = EnvoySpec::plugin(&config).without_collector();
+        spec.passthrough = vec![pod.addr()];
+        let envoy = Envoy::start(&spec).await.unwrap();
+        let r = envoy
+            .client()
+            .unwrap()
+            .completion("lora-request", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, expected, "{mode}: {}", r.text());
+        if expected == 503 {
+            assert!(
+                r.text().contains("no collector has published"),
+                "{}",
+                r.text()
+            );
+        }
+        let stats = envoy
+            .admin_get("/stats?filter=requests_total")
+            .await
+            .unwrap();
+        let outcome = if mode == "FailOpen" {
+            "failed_open"
+        } else {
+            "unavailable"
+        };
+        assert!(stats.contains(&format!("outcome=.={outcome}")), "{stats}");
+    }
+}

@@ -4,7 +4,7 @@
 //! through the shared store the pick counts in.
 
 use super::{decide_model, ModelDecision};
-use crate::config::{Config, Criticality};
+use crate::config::{Config, Criticality, FailureMode};
 use crate::host::{Say, SharedStore};
 use crate::openai::{self, BodyEdit, InferenceApi};
 use crate::pool::view::Members;
@@ -163,6 +163,21 @@ pub fn plan(
                     action: Err(Reply::new(429, "rate_limit_exceeded", msg)),
                 };
             }
+            // Nothing is known of a discovered pool until its collector publishes it: failing
+            // open leaves the pick to the cluster's own load balancing.
+            Pick::MembersUnknown if config.failure_mode == FailureMode::FailOpen => {
+                route.outcome = "failed_open";
+            }
+            Pick::MembersUnknown => {
+                let msg = format!(
+                    "no members of pool \"{name}\" known yet: no collector has published its discovery"
+                );
+                return Plan {
+                    labels,
+                    requested,
+                    action: Err(Reply::new(503, "service_unavailable", msg)),
+                };
+            }
             Pick::Unavailable => {
                 let msg = format!("no endpoint available in pool \"{name}\"");
                 return Plan {
@@ -251,6 +266,32 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&reply.body()).unwrap();
             assert_eq!(v["error"]["code"], status);
         }
+    }
+
+    #[test]
+    fn a_discovered_pool_nobody_published_fails_open_or_closed_as_configured() {
+        let doc = |mode: &str| {
+            Config::parse(
+                format!(
+                    r#"{{"pools":[{{"name":"d","discovery":{{"cluster":"c","adminCluster":"a"}}}}],
+                        "defaultPool":"d","failureMode":"{mode}"}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let open = run(&doc("FailOpen"), r#"{"model":"m"}"#).action.unwrap();
+        assert!(open.member.is_none(), "left to the cluster");
+        assert_eq!(open.outcome, "failed_open");
+        let closed = run(&doc("FailClose"), r#"{"model":"m"}"#)
+            .action
+            .unwrap_err();
+        assert_eq!(closed.status, 503);
+        assert!(
+            closed.message.contains("no collector has published"),
+            "{}",
+            closed.message
+        );
     }
 
     #[test]

@@ -38,10 +38,13 @@ pub enum Pick {
     },
     Shed,
     Unavailable,
+    /// A discovered pool whose members no collector has published yet: nothing is known.
+    MembersUnknown,
 }
 
 struct PoolState {
     view: PoolView,
+    discovered: bool,
     staleness_ms: u64,
     round_robin: Cell<u64>,
     prefix: Option<(RefCell<PrefixIndex>, PrefixShare, Cell<u64>)>,
@@ -66,6 +69,7 @@ impl WorkerScheduler {
             .iter()
             .map(|p| PoolState {
                 view: PoolView::new(p, &keys),
+                discovered: p.discovery.is_some(),
                 staleness_ms: p.metrics.staleness_ms,
                 // Workers start at different places so the first requests of each do not collide.
                 round_robin: Cell::new(rng.below(p.endpoints.len().max(1)) as u64),
@@ -150,6 +154,9 @@ impl WorkerScheduler {
         };
         let members = p.view.members(store, say, self.strategy.needs_metrics());
         let n = members.endpoints.len();
+        if n == 0 && p.discovered && !p.view.has_snapshot() {
+            return Pick::MembersUnknown;
+        }
         let mut rng = self.rng.borrow_mut();
         let found = |r: Result<(usize, bool), Pick>, counted: bool| match r {
             Ok((index, fail_open)) => Pick::Endpoint {
