@@ -39,12 +39,24 @@ pub struct FilterState {
 
 impl FilterState {
     pub fn new(config: Config, seed: u64) -> FilterState {
-        FilterState {
+        let state = FilterState {
             scheduler: WorkerScheduler::new(&config, seed),
             config,
             metric_ids: RefCell::new(host_stats::IdMap::default()),
             gate: GateLink::default(),
+        };
+        // The outcomes alerts watch exist at zero from the start, per pool, so `increase()` and
+        // `rate()` see the first one rather than "no data".
+        for pool in 0..state.config.pools.len() {
+            for outcome in ["shed", "unavailable", "failed_open", "rejected"] {
+                let labels = RequestLabels {
+                    pool: Some(pool),
+                    ..RequestLabels::default()
+                };
+                state.add(RequestMetric::Requests(outcome), labels, 0);
+            }
         }
+        state
     }
 
     /// Add to a counter or record in a histogram, defining its id on the first use of its label set.

@@ -209,3 +209,22 @@ async fn unknown_models_get_404_and_pools_without_endpoints_503() {
         assert_eq!(r.json().unwrap()["model"], "sql-lora", "{path}");
     }
 }
+
+/// The outcomes the shipped alerts watch exist at zero from the start, per pool: `increase()`
+/// sees the first shed or 503, and dashboards show 0 rather than "no data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerting_outcomes_exist_at_zero_before_the_first() {
+    let stack = Stack::start(1, config).await.unwrap();
+    let text = stack.envoy.admin_get("/stats/prometheus").await.unwrap();
+    for outcome in ["shed", "unavailable", "failed_open", "rejected"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains("inference_router_requests_total{")
+                    && l.contains("pool=\"pool-a\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .unwrap_or_else(|| panic!("no {outcome} series:\n{text}"));
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+}
