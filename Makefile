@@ -11,7 +11,7 @@ TOOLS := .tools
 WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench docker-test clean
+.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench docker-test fuzz clean
 
 all: build
 
@@ -63,6 +63,13 @@ test: setup lint unit-test wasm-unit-test e2e-test
 
 run: build envoy
 	cargo run --release -p wasm-tests --bin local-stack
+
+# Every fuzz target under libFuzzer for FUZZ_SECONDS each (default 60); nightly and cargo-fuzz are
+# installed if missing. `make test` runs the same properties on their seeds (core/src/fuzzing.rs).
+fuzz:
+	rustup toolchain install nightly --profile minimal
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	bash fuzz/run.sh
 
 # The README's `docker run` line against a private Docker engine (needs root; installs Debian's
 # docker.io if missing; about a minute). Not part of `make test`.

@@ -10,6 +10,7 @@
 
 pub mod collector;
 pub mod config;
+pub mod fuzzing;
 pub mod gate;
 pub mod host;
 pub mod metrics;

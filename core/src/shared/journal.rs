@@ -20,7 +20,7 @@ pub fn append(journal: &[u8], worker: u64, payload: &[u8], cap: usize) -> Vec<u8
     let needed = ENTRY_HEADER + payload.len();
     let mut out = Vec::with_capacity(cap.min(journal.len() + needed));
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(next_seq + 1).to_le_bytes());
+    out.extend_from_slice(&next_seq.wrapping_add(1).to_le_bytes());
     if HEADER + needed > cap {
         return out;
     }
@@ -125,6 +125,14 @@ mod tests {
         // A payload larger than the cap is not appended, but the sequence moves on.
         let j = append(&j, 1, &[0; 500], 200);
         assert_eq!(unseen(&j, 9, 100).0.len(), 0);
+    }
+
+    #[test]
+    fn the_largest_sequence_number_wraps_instead_of_overflowing() {
+        // Found by `make fuzz` (shared_data): a journal claiming sequence u64::MAX.
+        let j = [&b"IRJ1"[..], &u64::MAX.to_le_bytes(), b"0\x01"].concat();
+        let out = append(&j, 1, b"x", 100);
+        assert_eq!(unseen(&out, 2, u64::MAX).0, vec![&b"x"[..]]);
     }
 
     #[test]

@@ -1,0 +1,3 @@
+#![no_main]
+//! `router_core::fuzzing::shared_data`: see that function for the property.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| router_core::fuzzing::shared_data(data));
