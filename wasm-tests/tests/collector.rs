@@ -307,3 +307,44 @@ async fn embedded_collector_scrapes_from_one_worker_only() {
 async fn service_collector_scrapes_once_per_interval() {
     scrapes_once_per_interval("service").await;
 }
+
+/// Every pod's /metrics fails at once (a pool-wide outage, as when every page times out under a
+/// burst), then one answers again: it must not draw every request. The others' last numbers are
+/// trusted while within staleness, so the requests keep spreading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_wide_metrics_outage_does_not_herd_onto_the_first_pod_back() {
+    let sims = sims(4, &fast_sim()).await;
+    let eps = endpoints(&sims);
+    for s in &sims {
+        s.pin(load(3, 0.1)).await;
+    }
+    let mut config = config(&eps, "DEFAULT");
+    set_metrics(&mut config, "stalenessMs", json!(20_000));
+    let envoy = start_envoy(&config).await;
+    wait_gauges(&envoy, QUEUE_SIZE, &eps, &[3.0; 4]).await;
+    for s in &sims {
+        s.set_metrics_fail(MetricsFail::Status500).await;
+    }
+    for ep in &eps {
+        wait_endpoint_metric(&envoy, UP, ep, "0", |v| v == 0.0, Duration::from_secs(5)).await;
+    }
+    sims[0].set_metrics_fail(MetricsFail::Ok).await;
+    wait_endpoint_metric(
+        &envoy,
+        UP,
+        &eps[0],
+        "1",
+        |v| v == 1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    settle().await;
+    let pods = sequential(&envoy.client().unwrap(), BASE, 40).await;
+    let counts = tally(&eps, &pods);
+    assert!(
+        counts[0] <= 25,
+        "the first pod back took {} of 40: {counts:?}",
+        counts[0]
+    );
+    assert!(counts[1..].iter().all(|&n| n > 0), "{counts:?}");
+}

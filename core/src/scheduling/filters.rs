@@ -18,6 +18,12 @@ pub fn is_fresh(state: Option<&EndpointState>, now_ms: u64, staleness_ms: u64) -
     }
 }
 
+/// Scraped successfully at least once, and the last good scrape no older than `staleness_ms`
+/// (failures since then notwithstanding). What a pool-wide metrics outage falls back on.
+pub fn scraped_within(s: &EndpointState, now_ms: u64, staleness_ms: u64) -> bool {
+    s.last_scrape_ms != 0 && now_ms.saturating_sub(s.last_scrape_ms) <= staleness_ms
+}
+
 /// Headroom: the scraped queue and KV use are both within the saturation thresholds. This uses the
 /// scraped `waiting`, not `waiting + picks_since_scrape`: picks since the scrape may already be
 /// running or done, and counting them all would shed Sheddable traffic during every burst.

@@ -5,7 +5,7 @@
 //! 2. scoring each candidate and picking the maximum, random tie-break.
 
 use super::claims::{adapter_hash, Claim};
-use super::filters::{has_headroom, is_fresh};
+use super::filters::{has_headroom, is_fresh, scraped_within};
 use super::picker::MaxPicker;
 use super::{scorers, PrefixIndex, Profile, Rng, Strategy};
 use crate::config::{Criticality, FailureMode};
@@ -107,6 +107,10 @@ struct Pass<'a> {
     req: &'a SchedulingRequest<'a>,
     prefix: Option<&'a PrefixIndex>,
     any_fresh: bool,
+    /// Most of the pool's recently scraped endpoints are failing at once: a pool-wide metrics
+    /// outage, not pods going bad one by one. Their last numbers within staleness are trusted, so
+    /// the first endpoint to recover does not take every request.
+    outage: bool,
     saturated: bool,
     /// Sheddable with a pool not saturated: only endpoints with headroom take it.
     headroom_only: bool,
@@ -126,6 +130,19 @@ impl<'a> Pass<'a> {
         prefix: Option<&'a PrefixIndex>,
     ) -> Pass<'a> {
         let (mut any_fresh, mut any_headroom) = (false, false);
+        let (mut recent, mut strict) = (0usize, 0usize);
+        for s in endpoints.iter().filter_map(|c| c.state) {
+            recent += usize::from(scraped_within(s, req.now_ms, req.staleness_ms));
+            strict += usize::from(is_fresh(Some(s), req.now_ms, req.staleness_ms));
+        }
+        let outage = strict * 2 < recent;
+        let fresh = |s: &EndpointState| {
+            if outage {
+                scraped_within(s, req.now_ms, req.staleness_ms)
+            } else {
+                is_fresh(Some(s), req.now_ms, req.staleness_ms)
+            }
+        };
         let mut adapter_known = req.target_kind != TargetKind::Detect;
         let hash = adapter_hash(req.target_model);
         let (mut fresh_ranges, mut room_ranges) = (Ranges::EMPTY, Ranges::EMPTY);
@@ -138,7 +155,7 @@ impl<'a> Pass<'a> {
                 adapter_known = (s.base_model != 0 && s.base_model != hash)
                     || scorers::knows_adapter(s, req.target_model);
             }
-            if !is_fresh(Some(s), req.now_ms, req.staleness_ms) {
+            if !fresh(s) {
                 continue;
             }
             any_fresh = true;
@@ -166,6 +183,7 @@ impl<'a> Pass<'a> {
                 None
             },
             any_fresh,
+            outage,
             saturated,
             headroom_only,
             adapter,
@@ -180,7 +198,11 @@ impl<'a> Pass<'a> {
     /// The endpoint's state if it passes the filters.
     fn eligible<'s>(&self, c: &Candidate<'s>) -> Option<&'s EndpointState> {
         let s = c.state?;
-        let fresh = is_fresh(Some(s), self.req.now_ms, self.req.staleness_ms);
+        let fresh = if self.outage {
+            scraped_within(s, self.req.now_ms, self.req.staleness_ms)
+        } else {
+            is_fresh(Some(s), self.req.now_ms, self.req.staleness_ms)
+        };
         let room = !self.headroom_only || has_headroom(s, &self.profile.saturation);
         (fresh && room).then_some(s)
     }

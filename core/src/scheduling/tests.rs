@@ -754,3 +754,43 @@ fn schedule_cost() {
     let ns = t.elapsed().as_nanos() as f64 / iters as f64;
     println!("record 64 blocks: {ns:>9.0} ns/call");
 }
+
+#[test]
+fn one_failing_endpoint_is_left_out_at_once() {
+    let mut states = vec![pod(0, 0.1), pod(4, 0.5), pod(4, 0.5)];
+    states[0].consecutive_failures = 1;
+    let seen = histogram(
+        &Profile::default(),
+        &request("m"),
+        &candidates(&states),
+        100,
+    );
+    assert_eq!(
+        seen[0], 0,
+        "its good-looking numbers are not trusted: {seen:?}"
+    );
+}
+
+#[test]
+fn a_pool_wide_metrics_outage_does_not_herd_onto_the_first_to_recover() {
+    // Every pod's /metrics timed out at once (say under a burst), and one is answering again.
+    // Its numbers alone would draw every request; the others' last numbers, still within
+    // staleness, are trusted instead, and the requests keep spreading by load.
+    let mut states = vec![pod(3, 0.4); 4];
+    for s in &mut states[1..] {
+        s.consecutive_failures = 2;
+    }
+    let mut c = candidates(&states);
+    // The recovered pod has taken our last requests already.
+    c[0].picks_since_scrape = 6;
+    c[0].in_flight = 6;
+    let seen = histogram(&Profile::default(), &request("m"), &c, 300);
+    assert_eq!(seen[0], 0, "{seen:?}");
+    assert!(seen[1..].iter().all(|&n| n > 50), "{seen:?}");
+    // Stale numbers are never trusted: past staleness, only the recovered pod is fresh.
+    for s in &mut states[1..] {
+        s.last_scrape_ms = NOW - STALENESS - 1;
+    }
+    let seen = histogram(&Profile::default(), &request("m"), &candidates(&states), 50);
+    assert_eq!(seen, [50, 0, 0, 0]);
+}
