@@ -7,11 +7,17 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := dist/inference_router.wasm
 TOOLS := .tools
+IMAGE_DIR := dist/image
+# The image's org.opencontainers.image.revision: the commit built, if git knows it.
+IMAGE_REVISION = $(or $(shell git rev-parse --verify -q HEAD 2>/dev/null),unknown)
+# Its org.opencontainers.image.source (e.g. make image IMAGE_SOURCE=https://…); default: the
+# workspace's `repository` in Cargo.toml, else "unknown".
+IMAGE_SOURCE ?=
 # wasm-bindgen-test-runner must match the wasm-bindgen version the lock file pins.
 WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-.PHONY: all setup targets envoy python-deps wasm-bindgen build test unit-test wasm-unit-test e2e-test lint run bench docker-test fuzz clean
+.PHONY: all setup targets envoy python-deps wasm-bindgen build image test unit-test wasm-unit-test e2e-test lint run bench docker-test fuzz clean
 
 all: build
 
@@ -42,13 +48,20 @@ build: targets
 	cp target/wasm32-wasip1/release/inference_router.wasm $(WASM)
 	@ls -l $(WASM)
 
+# The module as an OCI image layout in dist/image/ (the compat variant Istio's and Envoy Gateway's
+# Wasm image fetchers accept), reproducible; prints the manifest digest and the push command.
+image: build
+	cargo run --quiet -p inference-router-packaging --bin inference-router-image -- \
+	  --wasm $(WASM) --out $(IMAGE_DIR) --revision $(IMAGE_REVISION) \
+	  $(if $(IMAGE_SOURCE),--source '$(IMAGE_SOURCE)')
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p inference-router -- -D warnings
 
 unit-test:
-	cargo test -p inference-router-core -p inference-router
+	cargo test -p inference-router-core -p inference-router -p inference-router-packaging
 
 # The core's tests again, compiled to wasm32 and run by wasm-bindgen-test under Node.
 wasm-unit-test: targets wasm-bindgen
