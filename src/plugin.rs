@@ -175,6 +175,7 @@ impl RootContext for Plugin {
         if now.saturating_sub(self.last_log_check_ms) >= 1000 {
             self.last_log_check_ms = now;
             host::follow_log_level();
+            report_memory();
         }
         if let Some(c) = self.collector.as_mut() {
             c.on_tick(&Envoy, now);
@@ -207,6 +208,18 @@ impl RootContext for Plugin {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// This VM's linear memory into `inference_router_wasm_memory_bytes`, the high-water mark over
+/// every VM of the plugin (a VM's memory never shrinks; flat once warm, or something leaks).
+fn report_memory() {
+    #[cfg(target_arch = "wasm32")]
+    let bytes = Some(core::arch::wasm32::memory_size(0) as u64 * 65536);
+    #[cfg(not(target_arch = "wasm32"))]
+    let bytes: Option<u64> = None;
+    if let Some(bytes) = bytes {
+        crate::stats::gauge_max(router_core::stats::WASM_MEMORY_BYTES, bytes);
     }
 }
 

@@ -66,6 +66,16 @@ pub fn gauge(name: &str, value: u64) {
     }
 }
 
+/// Raise a gauge to `value` if it is below: a high-water mark over every VM that reports it.
+pub fn gauge_max(name: &str, value: u64) {
+    if let Some(id) = id(MetricType::Gauge, name) {
+        if hostcalls::get_metric(id).is_ok_and(|current| current >= value) {
+            return;
+        }
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
 /// A counter's id, defined once by the caller who caches it.
 pub fn define_counter(name: &str) -> Option<u32> {
     id(MetricType::Counter, name)

@@ -553,6 +553,25 @@ impl Envoy {
         self.admin
     }
 
+    /// Envoy's process id (for its memory, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Envoy's resident memory now (`VmRSS`), in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// The listener with the plugin.
     pub fn addr(&self) -> Result<SocketAddr> {
         self.listener(MAIN_LISTENER)

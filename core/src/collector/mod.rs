@@ -32,6 +32,7 @@ struct EndpointStats {
     kv_permille: String,
     up: String,
     member: String,
+    in_flight: String,
     scrape_errors: String,
 }
 
@@ -44,6 +45,7 @@ impl EndpointStats {
             kv_permille: n(stats::ENDPOINT_KV_PERMILLE),
             up: n(stats::ENDPOINT_UP),
             member: n(stats::ENDPOINT_MEMBER),
+            in_flight: n(stats::ENDPOINT_IN_FLIGHT),
             scrape_errors: n(stats::ENDPOINT_SCRAPE_ERRORS_TOTAL),
         }
     }
@@ -305,7 +307,12 @@ impl Collector {
         ];
         match host.dispatch(&p.cluster, &headers, p.timeout) {
             Ok(token) => {
-                let picks = p.counters.picks_of(host, due.endpoint);
+                let counts = p.counters.load(host);
+                let picks = counts.picks.get(due.endpoint).copied().unwrap_or(0);
+                if let Some(names) = p.stats.get(due.endpoint) {
+                    let in_flight = counts.in_flight.get(due.endpoint).copied().unwrap_or(0);
+                    host.set_gauge(&names.in_flight, u64::from(in_flight));
+                }
                 let call = Call::Scrape {
                     pool: due.pool,
                     endpoint: endpoint.clone(),

@@ -25,6 +25,11 @@ pub const ENDPOINT_UP: &str = "inference_router_endpoint_up";
 /// 1 while the endpoint is a member of its pool, 0 once it has left (its other gauges keep their
 /// last values: Envoy cannot remove a stat).
 pub const ENDPOINT_MEMBER: &str = "inference_router_endpoint_member";
+/// This gateway's requests in flight to the endpoint, as the collector saw them at its last scrape.
+pub const ENDPOINT_IN_FLIGHT: &str = "inference_router_endpoint_in_flight";
+/// The largest linear memory of any of the plugin's Wasm VMs since Envoy started (each VM reports
+/// its own once a second; a VM's memory never shrinks): flat once warm, or something leaks.
+pub const WASM_MEMORY_BYTES: &str = "inference_router_wasm_memory_bytes";
 /// Gate role: requests answered 503 because their reader's decision did not come in time.
 pub const GATE_TIMEOUTS_TOTAL: &str = "inference_router_gate_timeouts_total";
 /// Gate role: inference requests that reached the gate without the reader's mark.

@@ -636,6 +636,8 @@ impl Engine {
             .observe(f64::from(r.prompt_len.saturating_sub(r.cached)));
         let s = &mut self.stats;
         s.completed += 1;
+        s.usage_prompt_tokens += u64::from(r.prompt_len);
+        s.usage_completion_tokens += u64::from(r.output);
         s.ttft_s_sum += first - r.arrival;
         s.queue_s_sum += scheduled - r.arrival;
         s.e2e_s_sum += now - r.arrival;

@@ -385,6 +385,10 @@ pub struct SimStats {
     pub aborted: u64,
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
+    /// The `usage` of the requests that completed (what their responses reported); aborted
+    /// requests' tokens are in `prompt_tokens` / `generation_tokens` only.
+    pub usage_prompt_tokens: u64,
+    pub usage_completion_tokens: u64,
     /// Prefix-cache lookups and hits, in tokens (as vLLM counts them).
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
@@ -411,6 +415,8 @@ impl SimStats {
             "requests": self.requests, "requests_by_model": self.requests_by_model,
             "rejected": self.rejected, "completed": self.completed, "aborted": self.aborted,
             "prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens,
+            "usage_prompt_tokens": self.usage_prompt_tokens,
+            "usage_completion_tokens": self.usage_completion_tokens,
             "prefix_cache_queries": self.prefix_cache_queries,
             "prefix_cache_hits": self.prefix_cache_hits,
             "adapter_loads": self.adapter_loads,
@@ -447,6 +453,8 @@ impl SimStats {
             aborted: u("aborted"),
             prompt_tokens: u("prompt_tokens"),
             generation_tokens: u("generation_tokens"),
+            usage_prompt_tokens: u("usage_prompt_tokens"),
+            usage_completion_tokens: u("usage_completion_tokens"),
             prefix_cache_queries: u("prefix_cache_queries"),
             prefix_cache_hits: u("prefix_cache_hits"),
             adapter_loads: u("adapter_loads"),
