@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make fuzz: every fuzz target under libFuzzer for FUZZ_SECONDS each (default 60), seeded from the
+# make fuzz: every fuzz target under libFuzzer for FUZZ_SECONDS each (default 60), or for
+# FUZZ_RUNS executions each (the long run docs/robustness.md records), seeded from the
 # repository's fixtures and fuzz/seeds/. Prints one line per target: executions, coverage, crashes.
 # No sanitizer: the core is safe Rust (its one `unsafe`, the wasm SIMD scan, is not compiled
 # here), so AddressSanitizer would only slow the search; overflow checks stay on.
@@ -28,8 +29,10 @@ for t in $TARGETS; do
   done
   log=$(mktemp)
   extra=()
+  limit=(-max_total_time="$SECONDS_EACH")
+  [[ -n ${FUZZ_RUNS:-} ]] && limit=(-runs="$FUZZ_RUNS")
   [[ -n ${MAX_LEN[$t]:-} ]] && extra=(-max_len="${MAX_LEN[$t]}")
-  if cargo +nightly fuzz run --sanitizer none "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
+  if cargo +nightly fuzz run --sanitizer none "$t" "corpus/$t" -- "${limit[@]}" -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
     status=ok
   else
     status=CRASH; failed=1
@@ -37,7 +40,8 @@ for t in $TARGETS; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo "?")
   rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-  echo "fuzz: $t: $status, $execs executions in ${SECONDS_EACH} s, coverage $cov edges, peak RSS ${rss} MB, corpus $(ls "corpus/$t" | wc -l) inputs"
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo "$SECONDS_EACH")
+  echo "fuzz: $t: $status, $execs executions in ${took} s, coverage $cov edges, peak RSS ${rss} MB, corpus $(ls "corpus/$t" | wc -l) inputs"
   [[ $status == ok ]] || tail -40 "$log"
   rm -f "$log"
 done
