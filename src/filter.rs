@@ -24,6 +24,9 @@ use router_core::stats::{self, RequestLabels, RequestMetric};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// The largest pod `/v1/models` answer merged into the gateway's list.
+const MAX_POD_MODELS_BYTES: usize = 4 * 1024 * 1024;
+
 pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
 
 /// What one worker's filter instances share: the configuration and the worker's scheduler.
@@ -446,7 +449,8 @@ impl Context for InferenceFilter {
         let ok = self
             .get_http_call_response_header_bytes(":status")
             .is_some_and(|s| s == b"200");
-        let body = if ok {
+        // A pod's model list is a few KB; a bigger answer is left out rather than copied in.
+        let body = if ok && body_size <= MAX_POD_MODELS_BYTES {
             self.get_http_call_response_body(0, body_size)
         } else {
             None

@@ -99,10 +99,14 @@ impl Context for Plugin {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(collector) = self.collector.as_mut() else {
+        let Some(limit) = self.collector.as_ref().and_then(|c| c.body_limit(token)) else {
             return;
         };
-        if !collector.owns(token) {
+        if body_size > limit {
+            // Envoy holds the body; copying it in would grow the VM's memory for good.
+            if let Some(collector) = self.collector.as_mut() {
+                collector.on_oversized(&Envoy, token, body_size, host::now_ms());
+            }
             return;
         }
         // As bytes: the SDK's string getter traps on a value that is not UTF-8.

@@ -58,6 +58,16 @@ struct DiscoveryTarget {
     in_flight: bool,
 }
 
+/// The admin's cluster list is read whole; a sidecar with every service of a big mesh can list
+/// many clusters, so the cap is generous.
+pub const DISCOVERY_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What came back for a call.
+enum Answer<'a> {
+    Got(Option<u16>, Option<&'a [u8]>),
+    TooLarge(usize),
+}
+
 /// What an outstanding HTTP call of the collector is for.
 enum Call {
     /// A metrics scrape of the endpoint with this address (its index may move with discovery).
@@ -80,6 +90,7 @@ struct PoolTarget {
     path: String,
     metrics_port: Option<u16>,
     timeout: Duration,
+    max_page_bytes: u64,
     endpoints: Vec<String>,
     dialect: Dialect,
     counters: PoolCounters,
@@ -129,6 +140,7 @@ impl Collector {
                 path: p.metrics.path.clone(),
                 metrics_port: p.metrics.port,
                 timeout: Duration::from_millis(p.metrics.timeout_ms),
+                max_page_bytes: p.metrics.max_page_bytes,
                 counters: PoolTarget::counters_for(&keys, &p.name, &p.endpoints),
                 stats: p
                     .endpoints
@@ -333,9 +345,15 @@ impl Collector {
         }
     }
 
-    /// Whether `token` is one of this collector's calls.
-    pub fn owns(&self, token: u32) -> bool {
-        self.calls.contains_key(&token)
+    /// The most bytes of `token`'s answer worth reading: a scrape's page is capped by its pool's
+    /// `metrics.maxPageBytes`, the admin's cluster list by [`DISCOVERY_MAX_BYTES`]. None: not
+    /// this collector's call. The host checks before it copies the body into the VM.
+    pub fn body_limit(&self, token: u32) -> Option<usize> {
+        let limit = match self.calls.get(&token)? {
+            Call::Scrape { pool, .. } => self.pools.get(*pool).map_or(0, |p| p.max_page_bytes),
+            Call::Discovery { .. } => DISCOVERY_MAX_BYTES,
+        };
+        Some(usize::try_from(limit).unwrap_or(usize::MAX))
     }
 
     /// A call's answer: `status` None means the call failed (reset, timeout).
@@ -347,10 +365,26 @@ impl Collector {
         body: Option<&[u8]>,
         now_ms: u64,
     ) {
+        self.answer(host, token, Answer::Got(status, body), now_ms);
+    }
+
+    /// A call answered with more than [`Collector::body_limit`] bytes: a failed scrape (or
+    /// discovery refresh), the body left unread.
+    pub fn on_oversized(
+        &mut self,
+        host: &(impl Host + ?Sized),
+        token: u32,
+        size: usize,
+        now_ms: u64,
+    ) {
+        self.answer(host, token, Answer::TooLarge(size), now_ms);
+    }
+
+    fn answer(&mut self, host: &(impl Host + ?Sized), token: u32, answer: Answer, now_ms: u64) {
         let (due, sent_picks) = match self.calls.remove(&token) {
             None => return,
             Some(Call::Discovery { pool }) => {
-                return self.on_discovery(host, pool, status, body);
+                return self.on_discovery(host, pool, answer);
             }
             // Members may have changed while the scrape ran: find the endpoint by address.
             Some(Call::Scrape {
@@ -376,29 +410,37 @@ impl Collector {
             .get(due.endpoint)
             .map(String::as_str)
             .unwrap_or("?");
-        match (status, body) {
-            (Some(200), Some(page)) => {
+        let failure = match answer {
+            Answer::Got(Some(200), Some(page)) => {
                 let scrape = parse_page(page, &p.dialect);
                 if scrape.missing.is_empty() {
                     self.state.succeeded(due, scrape.state, now_ms, sent_picks);
+                    None
                 } else {
-                    host.say(
-                        Level::Warn,
-                        &format!(
-                            "scrape of {endpoint}: metrics missing from the page: {}",
-                            scrape.missing.join(", ")
-                        ),
-                    );
-                    self.state.failed(due, now_ms);
+                    Some(format!(
+                        "metrics missing from the page: {}",
+                        scrape.missing.join(", ")
+                    ))
                 }
             }
-            (status, _) => {
-                host.say(
-                    Level::Debug,
-                    &format!("scrape of {endpoint} failed: status {status:?}"),
-                );
-                self.state.failed(due, now_ms);
-            }
+            Answer::Got(status, _) => Some(match status {
+                Some(s) => format!("status {s}"),
+                None => "no answer (reset or timeout)".to_string(),
+            }),
+            Answer::TooLarge(size) => Some(format!(
+                "page of {size} bytes is over metrics.maxPageBytes ({})",
+                p.max_page_bytes
+            )),
+        };
+        if let Some(why) = failure {
+            // Said once when an endpoint starts failing, not at every interval while it does.
+            let level = if self.state.failures(due) == 0 {
+                Level::Warn
+            } else {
+                Level::Debug
+            };
+            host.say(level, &format!("scrape of {endpoint} failed: {why}"));
+            self.state.failed(due, now_ms);
         }
         self.record_stats(host, due);
         if !self.state.busy(due.pool) {
@@ -436,13 +478,7 @@ impl Collector {
         }
     }
 
-    fn on_discovery(
-        &mut self,
-        host: &(impl Host + ?Sized),
-        pool: usize,
-        status: Option<u16>,
-        body: Option<&[u8]>,
-    ) {
+    fn on_discovery(&mut self, host: &(impl Host + ?Sized), pool: usize, answer: Answer) {
         let Some(p) = self.pools.get_mut(pool) else {
             return;
         };
@@ -450,9 +486,14 @@ impl Collector {
             return;
         };
         d.in_flight = false;
-        let members = match (status, body) {
-            (Some(200), Some(json)) => members_from_admin(json, &d.config.cluster, d.config.port),
-            (status, _) => Err(format!("admin answered {status:?}")),
+        let members = match answer {
+            Answer::Got(Some(200), Some(json)) => {
+                members_from_admin(json, &d.config.cluster, d.config.port)
+            }
+            Answer::Got(status, _) => Err(format!("admin answered {status:?}")),
+            Answer::TooLarge(size) => Err(format!(
+                "admin answer of {size} bytes is over {DISCOVERY_MAX_BYTES}"
+            )),
         };
         let members = match members {
             Ok(m) => m,

@@ -185,6 +185,14 @@ impl CollectorState {
         }
     }
 
+    /// The endpoint's failed scrapes since its last good one.
+    pub fn failures(&self, due: Due) -> u32 {
+        self.pools
+            .get(due.pool)
+            .and_then(|p| p.snapshot.endpoints.get(due.endpoint))
+            .map_or(0, |(_, s)| s.consecutive_failures)
+    }
+
     /// Whether any scrape of `pool` is still in flight.
     pub fn busy(&self, pool: usize) -> bool {
         self.pools

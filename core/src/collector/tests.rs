@@ -333,3 +333,53 @@ fn scrapes_go_to_each_member_by_address_through_the_pool_cluster() {
     )));
     assert!(headers.contains(&(":path".into(), "/metrics".into())));
 }
+
+#[test]
+fn an_oversized_page_is_a_failed_scrape_said_once_per_outage() {
+    let cfg = config(
+        r#"{"pools":[{"name":"p","endpoints":["10.0.0.1:80","10.0.0.2:80"],
+             "metrics":{"intervalMs":100,"maxPageBytes":2048}}]}"#,
+    );
+    let host = MemHost::default();
+    let mut c = Collector::new(&cfg, None).unwrap();
+    let up = |e: &str| {
+        host.log.gauge(&crate::stats::name_with_labels(
+            crate::stats::ENDPOINT_UP,
+            &[("pool", "p"), ("endpoint", e)],
+        ))
+    };
+    let mut now = 1000;
+    // Three rounds: pod 1 answers 50 MB each time, pod 2 a normal page.
+    for _ in 0..3 {
+        c.on_tick(&host, now);
+        for (token, _, headers) in host.http.take() {
+            let to_first = headers.iter().any(|(_, v)| v == "10.0.0.1:80");
+            if to_first {
+                assert_eq!(c.body_limit(token), Some(2048));
+                c.on_oversized(&host, token, 50 << 20, now + 5);
+            } else {
+                c.on_response(&host, token, Some(200), Some(PAGE.as_bytes()), now + 5);
+            }
+        }
+        now += 100;
+    }
+    assert_eq!(up("10.0.0.1:80"), Some(0));
+    assert_eq!(up("10.0.0.2:80"), Some(1));
+    let said = |level| host.log.count(level, "over metrics.maxPageBytes (2048)");
+    assert_eq!((said(Level::Warn), said(Level::Debug)), (1, 3));
+    // Back to a normal page, then too big again: a new outage is said again.
+    for page_ok in [true, false] {
+        c.on_tick(&host, now);
+        for (token, _, _) in host.http.take() {
+            if page_ok {
+                c.on_response(&host, token, Some(200), Some(PAGE.as_bytes()), now + 5);
+            } else {
+                c.on_oversized(&host, token, 4096, now + 5);
+            }
+        }
+        now += 100;
+    }
+    // Once more for pod 1, and once for pod 2, whose first failure this is.
+    assert_eq!(said(Level::Warn), 3);
+    assert_eq!(c.body_limit(12345), None, "not its call");
+}

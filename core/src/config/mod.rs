@@ -18,6 +18,11 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_GATE_TIMEOUT_MS: u64 = 60_000;
 /// Upper bound of every time field: ten minutes (a typo of a few zeros is refused, not obeyed).
 pub const MAX_TIME_MS: u64 = 600_000;
+/// A vLLM page is ~50 KB (a few hundred KB with many adapters); 4 MiB leaves room for any engine
+/// while a runaway page never reaches the VM's memory, which only grows.
+pub const DEFAULT_MAX_PAGE_BYTES: u64 = 4 * 1024 * 1024;
+pub const MIN_PAGE_BYTES: u64 = 1024;
+pub const MAX_PAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A configuration error: the JSON path of the offending field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +112,8 @@ pub struct MetricsSettings {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub staleness_ms: u64,
+    /// A bigger page is a failed scrape, not read into the VM's memory.
+    pub max_page_bytes: u64,
     /// Per-name overrides of the engine dialect's metric names.
     pub names: Vec<(String, String)>,
 }
@@ -464,6 +471,13 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
             return Err(err(at(name), format!("must be 1..={MAX_TIME_MS}")));
         }
     }
+    let max_page_bytes = m.max_page_bytes.unwrap_or(DEFAULT_MAX_PAGE_BYTES);
+    if !(MIN_PAGE_BYTES..=MAX_PAGE_BYTES).contains(&max_page_bytes) {
+        return Err(err(
+            at("metrics.maxPageBytes"),
+            format!("must be {MIN_PAGE_BYTES}..={MAX_PAGE_BYTES}"),
+        ));
+    }
     Ok(Pool {
         cluster: p.cluster.unwrap_or_else(|| p.name.clone()),
         name: p.name,
@@ -476,6 +490,7 @@ fn compile_pool(i: usize, p: RawPool) -> Result<Pool, ConfigError> {
             interval_ms,
             timeout_ms,
             staleness_ms,
+            max_page_bytes,
             names,
         },
     })
@@ -588,7 +603,7 @@ fn pools_fingerprint(pools: &[Pool]) -> u64 {
     for p in pools {
         let m = &p.metrics;
         text.push_str(&format!(
-            "pool {} cluster {} engine {:?} endpoints {} metrics {} {:?} {} {} {} {:?}",
+            "pool {} cluster {} engine {:?} endpoints {} metrics {} {:?} {} {} {} {} {:?}",
             p.name,
             p.cluster,
             p.engine,
@@ -598,6 +613,7 @@ fn pools_fingerprint(pools: &[Pool]) -> u64 {
             m.interval_ms,
             m.timeout_ms,
             m.staleness_ms,
+            m.max_page_bytes,
             m.names
         ));
         if let Some(d) = &p.discovery {

@@ -66,6 +66,7 @@ pub struct RawMetrics {
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub staleness_ms: Option<u64>,
+    pub max_page_bytes: Option<u64>,
     #[serde(default)]
     pub names: BTreeMap<String, String>,
 }

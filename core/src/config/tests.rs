@@ -67,6 +67,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.pools[0].endpoints, ["[::1]:80"]);
     assert_eq!(c.session_header, None);
     assert_eq!(c.strategy, Strategy::Default);
+    assert_eq!(c.pools[0].metrics.max_page_bytes, DEFAULT_MAX_PAGE_BYTES);
 }
 
 #[test]
@@ -231,6 +232,15 @@ fn times_and_the_prefix_index_are_bounded() {
         Config::parse(too_long.as_bytes()).unwrap_err().field,
         "pools[0].metrics.intervalMs"
     );
+    for pages in [1023, 64 * 1024 * 1024 + 1] {
+        let doc = format!(
+            r#"{{"pools":[{{"name":"p","endpoints":[],"metrics":{{"maxPageBytes":{pages}}}}}]}}"#
+        );
+        assert_eq!(
+            Config::parse(doc.as_bytes()).unwrap_err().field,
+            "pools[0].metrics.maxPageBytes"
+        );
+    }
     let gate = r#"{"gate":{"timeoutMs":0}}"#;
     assert_eq!(
         Config::parse(gate.as_bytes()).unwrap_err().field,
