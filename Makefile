@@ -6,6 +6,8 @@ OPENAI_VERSION := 3.57.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := dist/inference_router.wasm
+# A test build with fault injection (src/fault.rs): never shipped.
+FAULTS_WASM := dist/inference_router_faults.wasm
 TOOLS := .tools
 IMAGE_DIR := dist/image
 # The image's org.opencontainers.image.revision: the commit built, if git knows it.
@@ -17,7 +19,7 @@ IMAGE_SOURCE ?=
 WASM_BINDGEN_VERSION = $(shell grep -A1 '^name = "wasm-bindgen"$$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 WBG_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
 
-.PHONY: all setup targets envoy python-deps wasm-bindgen build image test unit-test wasm-unit-test e2e-test lint run bench docker-test fuzz soak clean
+.PHONY: all setup targets envoy python-deps wasm-bindgen build build-faults image test unit-test wasm-unit-test e2e-test lint run bench docker-test fuzz soak clean
 
 all: build
 
@@ -48,6 +50,14 @@ build: targets
 	cp target/wasm32-wasip1/release/inference_router.wasm $(WASM)
 	@ls -l $(WASM)
 
+# The fault-injection build the fault tests load (wasm-tests/tests/faults.rs): a marked request
+# or metrics page makes the VM trap. Its own target dir, so the shipped module is untouched.
+build-faults: targets
+	cargo build --release --target wasm32-wasip1 -p inference-router --features fault-injection \
+	  --target-dir target/faults
+	mkdir -p dist
+	cp target/faults/wasm32-wasip1/release/inference_router.wasm $(FAULTS_WASM)
+
 # The module as an OCI image layout in dist/image/ (the compat variant Istio's and Envoy Gateway's
 # Wasm image fetchers accept), reproducible; prints the manifest digest and the push command.
 image: build
@@ -59,6 +69,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p inference-router -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p inference-router --features fault-injection -- -D warnings
 
 unit-test:
 	cargo test -p inference-router-core -p inference-router -p inference-router-packaging
@@ -69,7 +80,7 @@ wasm-unit-test: targets wasm-bindgen
 	  cargo test -p inference-router-core --target wasm32-unknown-unknown
 
 # End to end: the real Envoy from .venv with the real module.
-e2e-test: build envoy python-deps
+e2e-test: build build-faults envoy python-deps
 	cargo test -p wasm-tests
 
 test: setup lint unit-test wasm-unit-test e2e-test

@@ -440,15 +440,17 @@ fn log_gate_missing_once() {
 }
 
 impl Context for InferenceFilter {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _: usize) {
         if self.models_call != Some(token) {
             return;
         }
         self.models_call = None;
-        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-        let ok = self
-            .get_http_call_response_header_bytes(":status")
-            .is_some_and(|s| s == b"200");
+        // No headers: the call failed, and any getter would trap (see Plugin's). As bytes: the
+        // SDK's string getter traps on a value that is not UTF-8.
+        let ok = headers > 0
+            && self
+                .get_http_call_response_header_bytes(":status")
+                .is_some_and(|s| s == b"200");
         // A pod's model list is a few KB; a bigger answer is left out rather than copied in.
         let body = if ok && body_size <= MAX_POD_MODELS_BYTES {
             self.get_http_call_response_body(0, body_size)
@@ -472,6 +474,8 @@ impl HttpContext for InferenceFilter {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_slice())
         };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::trap_if(find(crate::fault::TRAP_HEADER) == Some(b"trap"));
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
         let mut removed = false;
         for name in [config.destination_header.as_str(), MODEL_NAME_HEADER] {

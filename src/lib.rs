@@ -5,6 +5,8 @@
 //! `plugin.rs`): the filter (`inference-router`, or the `inference-router-reader` and
 //! `inference-router-gate` pair for control planes) and the collector (`inference-router-collector`).
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod filter;
 mod gate;
 mod host;

@@ -95,7 +95,7 @@ impl Context for Plugin {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -109,11 +109,22 @@ impl Context for Plugin {
             }
             return;
         }
-        // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-        let status = self
-            .get_http_call_response_header_bytes(":status")
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        let body = self.get_http_call_response_body(0, body_size);
+        // A failed call (reset, or a response over Envoy's buffer limit) comes with no headers,
+        // and then every getter answers BadArgument, which the SDK turns into a trap.
+        let (status, body) = if num_headers == 0 {
+            (None, None)
+        } else {
+            // As bytes: the SDK's string getter traps on a value that is not UTF-8.
+            let status = self
+                .get_http_call_response_header_bytes(":status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+            (status, self.get_http_call_response_body(0, body_size))
+        };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::trap_if(body.as_deref().is_some_and(|b| {
+            b.windows(crate::fault::TRAP_PAGE_MARK.len())
+                .any(|w| w == crate::fault::TRAP_PAGE_MARK)
+        }));
         let now = host::now_ms();
         if let Some(collector) = self.collector.as_mut() {
             collector.on_response(&Envoy, token, status, body.as_deref(), now);

@@ -32,6 +32,11 @@ pub fn wasm_module() -> PathBuf {
     crate::repo_root().join("dist/inference_router.wasm")
 }
 
+/// The fault-injection build (`make build-faults`): traps on a marked request or metrics page.
+pub fn faults_module() -> PathBuf {
+    crate::repo_root().join("dist/inference_router_faults.wasm")
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct EnvoySpec {

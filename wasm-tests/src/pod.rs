@@ -227,6 +227,15 @@ impl Pod {
         self.release();
     }
 
+    /// Kill the pod as a crash would: every open connection closes mid-response, held replies
+    /// included (dropping a pod instead lets held replies finish).
+    pub async fn kill(mut self) {
+        self.server.abort();
+        // Once the server task is gone its connection tasks are cancelled; only then may the
+        // drop release the holds, which can no longer send anything.
+        let _ = (&mut self.server).await;
+    }
+
     /// Serve `page` byte for byte at `/metrics` (`None`: back to the fixture's idle page).
     pub fn set_metrics_page(&self, page: Option<Bytes>) {
         *lock(&self.shared.metrics) = page.map_or(MetricsSource::Fixture, MetricsSource::Page);

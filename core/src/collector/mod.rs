@@ -62,6 +62,11 @@ struct DiscoveryTarget {
 /// many clusters, so the cap is generous.
 pub const DISCOVERY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+/// An endpoint's scrape failures are said at warn at most this often.
+const WARN_EVERY_MS: u64 = 60_000;
+/// Bound of the endpoints remembered for that (members come and go with discovery).
+const WARNED_MAX: usize = 4096;
+
 /// What came back for a call.
 enum Answer<'a> {
     Got(Option<u16>, Option<&'a [u8]>),
@@ -117,6 +122,8 @@ pub struct Collector {
     pools: Vec<PoolTarget>,
     state: CollectorState,
     calls: HashMap<u32, Call>,
+    /// When each endpoint's scrape failure was last said at warn.
+    warned_ms: HashMap<String, u64>,
     destination_header: String,
     /// Embedded mode: this worker's lease identity; None in service mode.
     lease_owner: Option<u64>,
@@ -175,6 +182,7 @@ impl Collector {
             pools,
             state: CollectorState::new(config),
             calls: HashMap::new(),
+            warned_ms: HashMap::new(),
             destination_header: config.destination_header.clone(),
             lease_owner: embedded_owner,
             lease_ttl_ms: 2 * min_interval,
@@ -433,8 +441,18 @@ impl Collector {
             )),
         };
         if let Some(why) = failure {
-            // Said once when an endpoint starts failing, not at every interval while it does.
-            let level = if self.state.failures(due) == 0 {
+            // At warn when an endpoint starts failing, at most once a minute (a flapping page
+            // would say it at every other interval); at debug while it goes on failing.
+            let quiet = self
+                .warned_ms
+                .get(endpoint)
+                .is_some_and(|t| now_ms < t.saturating_add(WARN_EVERY_MS));
+            let level = if self.state.failures(due) == 0 && !quiet {
+                if self.warned_ms.len() >= WARNED_MAX {
+                    self.warned_ms
+                        .retain(|_, t| now_ms < t.saturating_add(WARN_EVERY_MS));
+                }
+                self.warned_ms.insert(endpoint.to_string(), now_ms);
                 Level::Warn
             } else {
                 Level::Debug

@@ -367,19 +367,23 @@ fn an_oversized_page_is_a_failed_scrape_said_once_per_outage() {
     assert_eq!(up("10.0.0.2:80"), Some(1));
     let said = |level| host.log.count(level, "over metrics.maxPageBytes (2048)");
     assert_eq!((said(Level::Warn), said(Level::Debug)), (1, 3));
-    // Back to a normal page, then too big again: a new outage is said again.
-    for page_ok in [true, false] {
+    // Back to a normal page, then too big again: within the minute, said at debug only for pod
+    // 1; pod 2's first failure is said. A minute later a new outage is said again.
+    let mut round = |c: &mut Collector, now: u64, ok: bool| {
         c.on_tick(&host, now);
         for (token, _, _) in host.http.take() {
-            if page_ok {
+            if ok {
                 c.on_response(&host, token, Some(200), Some(PAGE.as_bytes()), now + 5);
             } else {
                 c.on_oversized(&host, token, 4096, now + 5);
             }
         }
-        now += 100;
-    }
-    // Once more for pod 1, and once for pod 2, whose first failure this is.
-    assert_eq!(said(Level::Warn), 3);
+    };
+    round(&mut c, now, true);
+    round(&mut c, now + 100, false);
+    assert_eq!(said(Level::Warn), 2);
+    round(&mut c, now + 60_000, true);
+    round(&mut c, now + 60_100, false);
+    assert_eq!(said(Level::Warn), 4);
     assert_eq!(c.body_limit(12345), None, "not its call");
 }
