@@ -54,6 +54,20 @@ impl Client {
         })
     }
 
+    /// A client that opens a new connection for every request, so requests reach every Envoy
+    /// worker (a kept-alive connection stays on one).
+    pub fn fresh_connections(addr: std::net::SocketAddr) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        Ok(Client {
+            http,
+            base: format!("http://{addr}"),
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -21,9 +21,8 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasm_tests::addr::next_pod_ip;
 use wasm_tests::envoy::wasm_module;
-use wasm_tests::installs::{envoy_gateway, istio, serve_file, Manifests, Running, World};
+use wasm_tests::installs::{start_install, ControlPlane, Manifests, Running};
 use wasm_tests::pod::{start_pods, wait_total_held, Hold, Pod, PodOptions};
 use wasm_tests::PROMPT;
 
@@ -119,23 +118,13 @@ async fn pods(n: usize) -> Vec<Pod> {
 }
 
 async fn start(install: Install, manifests: &Manifests, members: &[SocketAddr]) -> Running {
-    let module = wasm_module();
-    let module_server = match install {
-        EnvoyGateway => Some(serve_file(&module).await.unwrap()),
-        _ => None,
+    let plane = match install {
+        EnvoyGateway => ControlPlane::EnvoyGateway,
+        _ => ControlPlane::Istio,
     };
-    let world = World {
-        pods: members.to_vec(),
-        module,
-        admin: (next_pod_ip(), 9901).into(),
-        module_server,
-    };
-    let generated = match install {
-        EnvoyGateway => envoy_gateway::generate(manifests, &world),
-        _ => istio::generate(manifests, &world),
-    }
-    .unwrap();
-    Running::start(generated, members).await.unwrap()
+    start_install(plane, manifests, members, wasm_module())
+        .await
+        .unwrap()
 }
 
 fn addrs(pods: &[Pod]) -> Vec<SocketAddr> {

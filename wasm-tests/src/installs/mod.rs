@@ -125,6 +125,8 @@ pub struct Running {
     pub listener: SocketAddr,
     dir: tempfile::TempDir,
     eds: Vec<(String, String)>,
+    /// What [`start_install`] generated from, for [`Running::push`].
+    world: Option<(ControlPlane, World)>,
 }
 
 impl Running {
@@ -149,11 +151,42 @@ impl Running {
             listener,
             dir,
             eds: generated.eds,
+            world: None,
         })
     }
 
     pub fn client(&self) -> Result<crate::client::Client> {
         crate::client::Client::new(self.listener)
+    }
+
+    /// Push `manifests` as the control plane would after an edit: the xDS resources delivered by
+    /// files (ECDS, EDS) are rewritten in place, each file replaced whole as Envoy expects. Istio
+    /// bumps the resource version it puts in the VM's environment, as istiod does on a change.
+    pub fn push(&self, manifests: &Manifests, version: u32) -> Result<()> {
+        let (plane, world) = self
+            .world
+            .as_ref()
+            .ok_or_else(|| anyhow!("push needs an install started by start_install"))?;
+        let generated = match plane {
+            ControlPlane::EnvoyGateway => envoy_gateway::generate(manifests, world)?,
+            ControlPlane::Istio => istio::generate(manifests, world)?,
+        };
+        for (name, content) in &generated.files {
+            let mut text = serde_json::to_string_pretty(&relocate(content, self.dir.path()))?;
+            text = text.replace(
+                "\"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION\": \"1\"",
+                &format!("\"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION\": \"{version}\""),
+            );
+            text = text.replace(
+                "\"version_info\": \"1\"",
+                &format!("\"version_info\": \"{version}\""),
+            );
+            let path = self.dir.path().join(name);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(())
     }
 
     /// Change the pool's members, as the control plane's EDS would.
@@ -163,6 +196,42 @@ impl Running {
         }
         Ok(())
     }
+}
+
+/// Which control plane's translation to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// Istio's WasmPlugin (and EnvoyFilter) translation.
+    Istio,
+    EnvoyGateway,
+}
+
+/// Generate and start an install of `manifests` with `module` in front of `members`: the module
+/// as each control plane delivers it (a local file for Istio's agent; served over HTTP with its
+/// sha256 for Envoy Gateway).
+pub async fn start_install(
+    plane: ControlPlane,
+    manifests: &Manifests,
+    members: &[SocketAddr],
+    module: PathBuf,
+) -> Result<Running> {
+    let module_server = match plane {
+        ControlPlane::EnvoyGateway => Some(serve_file(&module).await?),
+        ControlPlane::Istio => None,
+    };
+    let world = World {
+        pods: members.to_vec(),
+        module,
+        admin: (crate::addr::next_pod_ip(), 9901).into(),
+        module_server,
+    };
+    let generated = match plane {
+        ControlPlane::EnvoyGateway => envoy_gateway::generate(manifests, &world)?,
+        ControlPlane::Istio => istio::generate(manifests, &world)?,
+    };
+    let mut running = Running::start(generated, members).await?;
+    running.world = Some((plane, world));
+    Ok(running)
 }
 
 /// File names in a generated bootstrap are relative (`@/name`); Envoy wants absolute paths.
