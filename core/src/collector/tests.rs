@@ -369,7 +369,7 @@ fn an_oversized_page_is_a_failed_scrape_said_once_per_outage() {
     assert_eq!((said(Level::Warn), said(Level::Debug)), (1, 3));
     // Back to a normal page, then too big again: within the minute, said at debug only for pod
     // 1; pod 2's first failure is said. A minute later a new outage is said again.
-    let mut round = |c: &mut Collector, now: u64, ok: bool| {
+    let round = |c: &mut Collector, now: u64, ok: bool| {
         c.on_tick(&host, now);
         for (token, _, _) in host.http.take() {
             if ok {
