@@ -817,3 +817,77 @@ async fn a_pool_of_a_thousand_endpoints_is_scraped_and_routed() {
     eprintln!("wasm memory high-water mark with 1,000 endpoints: {memory}");
     assert!(memory < 32.0 * 1024.0 * 1024.0);
 }
+
+// ---- Plain Envoy: the service collector crashing -----------------------------------------------
+
+/// envoy/envoy.yaml's service collector is a bootstrap Wasm service: Envoy restarts no such VM.
+/// When it crashes, traffic keeps flowing (FailOpen: least in-flight, counted as `failed_open`,
+/// which the shipped alert watches) and the collector stays down until Envoy restarts. The
+/// embedded collector has no such gap: a worker takes the lease over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_envoy_service_collector_crash_fails_open_and_embedded_takes_over() {
+    for mode in ["service", "embedded"] {
+        let pods = start_pods(2, &PodOptions::default()).await.unwrap();
+        let config = json!({
+            "pools": [pool("p", &pods.iter().collect::<Vec<_>>(), 100)],
+            "models": [{"modelName": "tiny-llama", "poolRef": "p"}],
+            "defaultPool": "p",
+            "scheduling": {"strategy": "DEFAULT"},
+            "collector": {"mode": mode},
+        });
+        let mut spec = EnvoySpec::plugin(&config);
+        spec.wasm = faults_module();
+        let envoy = Envoy::start(&spec).await.unwrap();
+        let client = wasm_tests::client::Client::fresh_connections(envoy.addr().unwrap()).unwrap();
+        scraped_again(&pods, &[0, 0], 2, "first scrapes").await;
+        crash_collector(&envoy, &pods[0], 1).await;
+        let failed_open = || async {
+            sum(
+                &prometheus(&envoy).await,
+                "inference_router_requests_total",
+                &[("pool", "p"), ("outcome", "failed_open")],
+            )
+        };
+        match mode {
+            "service" => {
+                // Past staleness (2 s) every pick is a fail-open one; all are served.
+                eventually("requests fail open", Duration::from_secs(10), || async {
+                    let before = failed_open().await;
+                    served_by(&envoy, 5).await;
+                    (failed_open().await >= before + 5.0).then_some(())
+                })
+                .await;
+                let counts: Vec<usize> = pods.iter().map(Pod::scrape_count).collect();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now: Vec<usize> = pods.iter().map(Pod::scrape_count).collect();
+                assert_eq!(counts, now, "no one scrapes after the service's crash");
+            }
+            _ => {
+                let counts: Vec<usize> = pods.iter().map(Pod::scrape_count).collect();
+                scraped_again(&pods, &counts, 3, "a worker scrapes").await;
+                let before = failed_open().await;
+                let served = served_by(&envoy, 20).await;
+                assert_eq!(served.len(), 20);
+                assert_eq!(
+                    failed_open().await,
+                    before,
+                    "fresh metrics: no fail-open picks"
+                );
+            }
+        }
+        let statuses = canary_statuses_plain(&client, 20).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{mode}: {statuses:?}");
+    }
+}
+
+async fn canary_statuses_plain(client: &wasm_tests::client::Client, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let r = client
+            .post("/v1/completions", completion("tiny-llama", 2, false), &[])
+            .await
+            .unwrap();
+        statuses.push(r.status);
+    }
+    statuses
+}
