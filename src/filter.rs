@@ -18,7 +18,7 @@ use router_core::config::{Config, FailureMode, ListModels};
 use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
 use router_core::pool::view::Members;
-use router_core::request::plan::{plan, Reply, Route};
+use router_core::request::plan::{plan, Reply, RequestHeaders, Route};
 use router_core::scheduling::worker::WorkerScheduler;
 use router_core::stats::{self, RequestLabels, RequestMetric};
 use std::cell::RefCell;
@@ -108,6 +108,8 @@ pub struct InferenceFilter {
     api: Option<InferenceApi>,
     had_content_length: bool,
     session: Option<Vec<u8>>,
+    objective: Option<Vec<u8>>,
+    fairness: Option<Vec<u8>>,
     /// Bounded label values of this request's stats.
     labels: RequestLabels,
     outcome: &'static str,
@@ -141,6 +143,8 @@ impl InferenceFilter {
             api: None,
             had_content_length: false,
             session: None,
+            objective: None,
+            fairness: None,
             labels: RequestLabels::default(),
             outcome: "",
             inference: false,
@@ -209,7 +213,11 @@ impl InferenceFilter {
             &Envoy,
             self.api,
             body,
-            self.session.as_deref(),
+            RequestHeaders {
+                session: self.session.as_deref(),
+                objective: self.objective.as_deref(),
+                fairness: self.fairness.as_deref(),
+            },
             host::now_ms(),
         );
         self.labels = plan.labels;
@@ -513,12 +521,10 @@ impl HttpContext for InferenceFilter {
             return self.too_large();
         }
         // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-        self.session = config.session_header.as_deref().and_then(|h| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(h))
-                .map(|(_, v)| v.clone())
-        });
+        let header = |name: Option<&str>| name.and_then(|h| find(h)).map(<[u8]>::to_vec);
+        self.session = header(config.session_header.as_deref());
+        self.objective = header(config.objective_header.as_deref());
+        self.fairness = header(config.fairness_header.as_deref());
         self.buffering = true;
         self.started_ms = host::now_ms();
         match self.mode {

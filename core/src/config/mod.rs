@@ -3,6 +3,7 @@
 //! offending field, so Envoy refuses the document instead of running half of it.
 
 mod raw;
+mod traffic;
 
 use crate::rollout::WeightedTargets;
 use crate::scheduling::{Profile, Strategy};
@@ -10,6 +11,10 @@ use raw::{RawConfig, RawModel, RawPool};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+pub use traffic::{
+    find_objective, FlowControl, Objective, CRITICAL_PRIORITY, DEFAULT_FAIRNESS_HEADER,
+    DEFAULT_OBJECTIVE_HEADER, SHEDDABLE_PRIORITY, STANDARD_PRIORITY,
+};
 
 pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
@@ -149,7 +154,10 @@ pub struct Model {
     pub name: String,
     /// Index into `Config::pools`.
     pub pool: usize,
+    /// Derived from `priority` (below zero: Sheddable), for the scheduler's shedding.
     pub criticality: Criticality,
+    /// From its `objective`, else its `criticality`; a request's objective header overrides it.
+    pub priority: i32,
     /// None: served as named.
     pub targets: Option<WeightedTargets>,
 }
@@ -178,6 +186,18 @@ pub struct Config {
     /// deployment whose two roles were given different pools.
     pub pools_fingerprint: u64,
     pub list_models: ListModels,
+    pub objectives: Vec<Objective>,
+    /// Priority of requests no objective or model entry ranks (`defaultObjective`, else 0).
+    pub default_priority: i32,
+    /// Per pool: the targets of its rewrite rule that matches every model (names nothing else
+    /// serves are rewritten to them).
+    pub rewrite_fallbacks: Vec<Option<WeightedTargets>>,
+    /// The request header naming an objective (None: not read).
+    pub objective_header: Option<String>,
+    /// The request header naming the flow (tenant) for fairness (None: one flow).
+    pub fairness_header: Option<String>,
+    /// None: saturated pools answer as they did (Sheddable 429, the rest piles on).
+    pub flow_control: Option<FlowControl>,
 }
 
 impl Config {
@@ -231,10 +251,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ),
     };
 
+    let objectives = traffic::compile_objectives(raw.objectives, &find_pool)?;
+    let default_priority = match raw.default_objective.as_deref() {
+        None => STANDARD_PRIORITY,
+        Some(name) => find_objective(&objectives, name.as_bytes(), None)
+            .filter(|o| o.pool.is_none())
+            .map(|o| o.priority)
+            .ok_or_else(|| {
+                err(
+                    "defaultObjective",
+                    format!("no objective \"{name}\" without a poolRef"),
+                )
+            })?,
+    };
+
     let mut models = Vec::with_capacity(raw.models.len());
     let mut model_index = HashMap::new();
     for (i, m) in raw.models.into_iter().enumerate() {
-        let model = compile_model(i, m, &find_pool, default_pool)?;
+        let model = compile_model(i, m, &find_pool, default_pool, &objectives)?;
         if model_index.insert(model.name.clone(), i).is_some() {
             return Err(err(
                 format!("models[{i}].modelName"),
@@ -243,6 +277,31 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         models.push(model);
     }
+
+    let rewrite_fallbacks = traffic::compile_rewrites(
+        raw.model_rewrites,
+        &find_pool,
+        default_pool,
+        pools.len(),
+        default_priority,
+        &mut models,
+        &mut model_index,
+    )?;
+    let optional_header = |field: &str, value: Option<&str>, default: &str| match value {
+        Some("") => Ok(None),
+        v => header_name(field, v.unwrap_or(default)).map(Some),
+    };
+    let objective_header = optional_header(
+        "objectiveHeader",
+        raw.objective_header.as_deref(),
+        DEFAULT_OBJECTIVE_HEADER,
+    )?;
+    let fairness_header = optional_header(
+        "fairnessHeader",
+        raw.fairness_header.as_deref(),
+        DEFAULT_FAIRNESS_HEADER,
+    )?;
+    let flow_control = traffic::compile_flow(raw.flow_control)?;
 
     let unknown_models = match raw.unknown_models.as_deref() {
         None | Some("passthrough") => UnknownModels::Passthrough,
@@ -378,6 +437,12 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         max_request_body_bytes,
         failure_mode,
         gate_timeout_ms,
+        objectives,
+        default_priority,
+        rewrite_fallbacks,
+        objective_header,
+        fairness_header,
+        flow_control,
         instance,
         pools_fingerprint,
         list_models,
@@ -501,6 +566,7 @@ fn compile_model(
     m: RawModel,
     find_pool: &dyn Fn(&str) -> Option<usize>,
     default_pool: Option<usize>,
+    objectives: &[Objective],
 ) -> Result<Model, ConfigError> {
     let at = |f: &str| format!("models[{i}].{f}");
     if m.model_name.is_empty() {
@@ -523,52 +589,31 @@ fn compile_model(
             ))
         }
     };
-    let targets = match m.target_models {
-        None => None,
-        Some(list) if list.is_empty() => {
+    let priority = match (&m.objective, &m.criticality) {
+        (Some(_), Some(_)) => {
             return Err(err(
-                at("targetModels"),
-                "must not be empty (omit it instead)",
+                at("objective"),
+                "give criticality or objective, not both",
             ))
         }
-        Some(list) => {
-            let weighted = list.iter().filter(|t| t.weight.is_some()).count();
-            if weighted != 0 && weighted != list.len() {
-                return Err(err(
-                    at("targetModels"),
-                    "give a weight to every target or to none",
-                ));
-            }
-            let mut pairs: Vec<(String, u32)> = Vec::with_capacity(list.len());
-            for (j, t) in list.into_iter().enumerate() {
-                if t.name.is_empty() {
-                    return Err(err(
-                        at(&format!("targetModels[{j}].name")),
-                        "must not be empty",
-                    ));
-                }
-                if pairs.iter().any(|(n, _)| *n == t.name) {
-                    return Err(err(
-                        at(&format!("targetModels[{j}].name")),
-                        format!("duplicate target \"{}\"", t.name),
-                    ));
-                }
-                let w = t.weight.unwrap_or(1);
-                let w = u32::try_from(w).map_err(|_| {
-                    err(
-                        at(&format!("targetModels[{j}].weight")),
-                        format!("{w} is not an integer in 0..={}", u32::MAX),
-                    )
-                })?;
-                pairs.push((t.name, w));
-            }
-            Some(WeightedTargets::new(pairs))
-        }
+        (Some(name), None) => find_objective(objectives, name.as_bytes(), Some(pool))
+            .map(|o| o.priority)
+            .ok_or_else(|| err(at("objective"), format!("unknown objective \"{name}\"")))?,
+        (None, _) => criticality.priority(),
+    };
+    let targets = match m.target_models {
+        None => None,
+        Some(list) => Some(traffic::weighted_targets(
+            list.into_iter().map(|t| (t.name, t.weight)).collect(),
+            &|j, f| at(&format!("targetModels[{j}].{f}")),
+            &at("targetModels"),
+        )?),
     };
     Ok(Model {
         name: m.model_name,
         pool,
-        criticality,
+        criticality: Criticality::of_priority(priority),
+        priority,
         targets,
     })
 }

@@ -26,6 +26,15 @@ pub struct RawConfig {
     pub gate: RawGate,
     pub instance_name: Option<String>,
     pub list_models: Option<String>,
+    #[serde(default)]
+    pub objectives: Vec<RawObjective>,
+    pub default_objective: Option<String>,
+    #[serde(default)]
+    pub model_rewrites: Vec<RawModelRewrite>,
+    pub objective_header: Option<String>,
+    pub fairness_header: Option<String>,
+    #[serde(default)]
+    pub flow_control: RawFlowControl,
 }
 
 /// The gate role's own settings (installs without `allow_on_headers_stop_iteration`).
@@ -77,6 +86,7 @@ pub struct RawModel {
     pub model_name: String,
     pub pool_ref: Option<String>,
     pub criticality: Option<String>,
+    pub objective: Option<String>,
     pub target_models: Option<Vec<RawTarget>>,
 }
 
@@ -92,4 +102,68 @@ pub struct RawTarget {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawCollector {
     pub mode: Option<String>,
+}
+
+/// An InferenceObjective: a named priority (higher first; below zero is sheddable).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawObjective {
+    pub name: String,
+    pub priority: Option<i64>,
+    pub pool_ref: Option<String>,
+}
+
+/// An InferenceModelRewrite: ordered rules for one pool, each rewriting matched model names to
+/// weighted targets.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawModelRewrite {
+    /// For the reader of the document (the resource's name); errors name rules by position.
+    #[allow(dead_code)]
+    pub name: Option<String>,
+    pub pool_ref: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawRewriteRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRewriteRule {
+    /// Empty: every model of the pool that no other rule names.
+    #[serde(default)]
+    pub matches: Vec<RawRewriteMatch>,
+    #[serde(default)]
+    pub targets: Vec<RawRewriteTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRewriteMatch {
+    pub model: RawModelMatch,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawModelMatch {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRewriteTarget {
+    pub model_rewrite: String,
+    pub weight: Option<i64>,
+}
+
+/// Holding requests in the gateway while the pool is saturated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawFlowControl {
+    pub enabled: Option<bool>,
+    pub ttl_ms: Option<u64>,
+    pub no_endpoint_ttl_ms: Option<u64>,
+    pub max_requests_per_band: Option<u64>,
+    pub max_bytes_per_band: Option<u64>,
 }

@@ -276,3 +276,127 @@ fn instances_default_to_the_pools_and_can_be_named() {
     assert_eq!(named.instance, "team-a");
     assert!(Config::parse(br#"{"instanceName":"a/b"}"#).is_err());
 }
+
+#[test]
+fn objectives_rewrites_and_flow_control() {
+    let c = Config::parse(
+        br#"{"pools":[{"name":"p","endpoints":["10.0.0.1:80"]},{"name":"q","endpoints":[]}],
+             "defaultPool":"p",
+             "objectives":[{"name":"premium","priority":10},{"name":"batch","priority":-5,"poolRef":"q"}],
+             "defaultObjective":"premium",
+             "models":[{"modelName":"chat","objective":"premium"},
+                       {"modelName":"old","criticality":"Sheddable"}],
+             "modelRewrites":[{"name":"canary","poolRef":"p","rules":[
+                 {"matches":[{"model":{"type":"Exact","value":"food-review"}}],
+                  "targets":[{"modelRewrite":"food-review-v1","weight":90},
+                             {"modelRewrite":"food-review-v2","weight":10}]},
+                 {"matches":[],"targets":[{"modelRewrite":"base"}]}]}],
+             "flowControl":{"enabled":true,"ttlMs":30000}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.default_priority, 10);
+    let chat = c.model("chat").unwrap();
+    assert_eq!(
+        (chat.priority, chat.criticality),
+        (10, Criticality::Critical)
+    );
+    let old = c.model("old").unwrap();
+    assert_eq!(
+        (old.priority, old.criticality),
+        (-1, Criticality::Sheddable)
+    );
+    // An exact rewrite serves its name like a models[] entry, ranked by the default objective.
+    let food = c.model("food-review").unwrap();
+    assert_eq!((food.pool, food.priority), (0, 10));
+    assert_eq!(
+        food.targets.as_ref().unwrap().names(),
+        ["food-review-v1", "food-review-v2"]
+    );
+    assert_eq!(
+        c.rewrite_fallbacks[0].as_ref().map(|t| t.names().to_vec()),
+        Some(vec!["base".to_string()])
+    );
+    assert!(c.rewrite_fallbacks[1].is_none());
+    assert_eq!(
+        c.objective_header.as_deref(),
+        Some("x-gateway-inference-objective")
+    );
+    assert_eq!(
+        c.fairness_header.as_deref(),
+        Some("x-gateway-inference-fairness-id")
+    );
+    let flow = c.flow_control.unwrap();
+    assert_eq!((flow.ttl_ms, flow.no_endpoint_ttl_ms), (30000, 10000));
+    // An objective bound to pool q does not apply to p.
+    assert!(find_objective(&c.objectives, b"batch", Some(0)).is_none());
+    assert_eq!(
+        find_objective(&c.objectives, b"batch", Some(1)).map(|o| o.priority),
+        Some(-5)
+    );
+}
+
+#[test]
+fn objective_and_rewrite_errors_name_their_field() {
+    let base = r#""pools":[{"name":"p","endpoints":[]}],"defaultPool":"p""#;
+    for (extra, field) in [
+        (
+            r#""models":[{"modelName":"m","objective":"x"}]"#,
+            "models[0].objective",
+        ),
+        (
+            r#""objectives":[{"name":"o"}],"models":[{"modelName":"m","objective":"o","criticality":"Critical"}]"#,
+            "models[0].objective",
+        ),
+        (
+            r#""objectives":[{"name":"o","priority":3000000000}]"#,
+            "objectives[0].priority",
+        ),
+        (
+            r#""objectives":[{"name":"o"},{"name":"o"}]"#,
+            "objectives[1].name",
+        ),
+        (r#""defaultObjective":"none""#, "defaultObjective"),
+        (
+            r#""models":[{"modelName":"m"}],"modelRewrites":[{"rules":[{"matches":[{"model":{"value":"m"}}],"targets":[{"modelRewrite":"x"}]}]}]"#,
+            "modelRewrites[0].rules[0].matches[0].model.value",
+        ),
+        (
+            r#""modelRewrites":[{"rules":[{"matches":[{"model":{"type":"RegularExpression","value":"m.*"}}],"targets":[{"modelRewrite":"x"}]}]}]"#,
+            "modelRewrites[0].rules[0].matches[0].model.type",
+        ),
+        (
+            r#""modelRewrites":[{"rules":[{"matches":[],"targets":[{"modelRewrite":"x"}]},{"targets":[{"modelRewrite":"y"}]}]}]"#,
+            "modelRewrites[0].rules[1].matches",
+        ),
+        (
+            r#""modelRewrites":[{"rules":[{"matches":[],"targets":[{"modelRewrite":"x","weight":-1}]}]}]"#,
+            "modelRewrites[0].rules[0].targets[0].weight",
+        ),
+        (
+            r#""modelRewrites":[{"poolRef":"nope","rules":[]}]"#,
+            "modelRewrites[0].poolRef",
+        ),
+        (
+            r#""flowControl":{"enabled":true,"ttlMs":0}"#,
+            "flowControl.ttlMs",
+        ),
+        (
+            r#""flowControl":{"enabled":true,"maxRequestsPerBand":0}"#,
+            "flowControl.maxRequestsPerBand",
+        ),
+        (r#""objectiveHeader":"bad header""#, "objectiveHeader"),
+    ] {
+        let doc = format!("{{{base},{extra}}}");
+        assert_eq!(refused(&doc).field, field, "{extra}");
+    }
+    // Headers can be turned off; flow control is off unless enabled.
+    let c = Config::parse(
+        format!(
+            r#"{{{base},"objectiveHeader":"","fairnessHeader":"","flowControl":{{"ttlMs":5}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((c.objective_header, c.fairness_header), (None, None));
+    assert!(c.flow_control.is_none());
+}

@@ -12,6 +12,8 @@ pub enum ModelDecision<'c> {
         model: &'c Model,
         target: Option<&'c str>,
     },
+    /// A model no entry lists, rewritten by its default pool's match-everything rewrite rule.
+    Fallback { pool: usize, target: &'c str },
     /// A model no entry lists, routed unchanged to the default pool (`None`: Envoy's own route decides).
     Passthrough { pool: Option<usize> },
     /// A model no entry lists, with `unknownModels: reject` (404).
@@ -34,6 +36,17 @@ pub fn decide_model<'c>(
     random: u64,
 ) -> ModelDecision<'c> {
     let Some(entry) = config.model(model) else {
+        // A rule that matches every model takes what nothing else serves, before unknownModels.
+        let fallback = config
+            .default_pool
+            .and_then(|p| Some((p, config.rewrite_fallbacks.get(p)?.as_ref()?)));
+        if let Some((pool, targets)) = fallback {
+            let target = match session {
+                Some(key) if !key.is_empty() => targets.pick_sticky(key),
+                _ => targets.pick_random(random),
+            };
+            return ModelDecision::Fallback { pool, target };
+        }
         return match config.unknown_models {
             UnknownModels::Reject => ModelDecision::Reject,
             UnknownModels::Passthrough => ModelDecision::Passthrough {

@@ -4,7 +4,7 @@
 //! through the shared store the pick counts in.
 
 use super::{decide_model, ModelDecision};
-use crate::config::{Config, Criticality, FailureMode};
+use crate::config::{find_objective, Config, Criticality, FailureMode};
 use crate::host::{Say, SharedStore};
 use crate::openai::{self, BodyEdit, InferenceApi};
 use crate::pool::view::Members;
@@ -43,6 +43,17 @@ impl Reply {
     }
 }
 
+/// The request headers the decision reads (their configured names), as sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHeaders<'a> {
+    /// `sessionHeader`: makes the weighted pick sticky.
+    pub session: Option<&'a [u8]>,
+    /// `objectiveHeader`: an objective's name, ranking the request.
+    pub objective: Option<&'a [u8]>,
+    /// `fairnessHeader`: the flow (tenant) the request belongs to.
+    pub fairness: Option<&'a [u8]>,
+}
+
 /// Where the request goes and how it changes on the way.
 #[derive(Debug)]
 pub struct Route {
@@ -59,6 +70,10 @@ pub struct Route {
     pub streaming: bool,
     /// `routed`, `failed_open` or `passthrough`.
     pub outcome: &'static str,
+    /// Its rank: the objective header's, else its model entry's, else the default.
+    pub priority: i32,
+    /// Its flow for fairness: a hash of the fairness header (0: none sent).
+    pub fairness: u64,
 }
 
 impl Route {
@@ -81,8 +96,8 @@ pub struct Plan {
     pub action: Result<Route, Reply>,
 }
 
-/// Decide what to do with a request whose whole body is `body`. `session`: the session header's
-/// value, if configured and sent; `api`: which inference API the path is.
+/// Decide what to do with a request whose whole body is `body`. `headers`: the configured request
+/// headers, if sent; `api`: which inference API the path is.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     config: &Config,
@@ -91,7 +106,7 @@ pub fn plan(
     say: &(impl Say + ?Sized),
     api: Option<InferenceApi>,
     body: &[u8],
-    session: Option<&[u8]>,
+    headers: RequestHeaders<'_>,
     now_ms: u64,
 ) -> Plan {
     let fields = match openai::scan_request(body) {
@@ -104,11 +119,13 @@ pub fn plan(
             }
         }
     };
-    let session = session.or(fields.user.as_deref().map(str::as_bytes));
+    let session = headers
+        .session
+        .or(fields.user.as_deref().map(str::as_bytes));
     let decision = decide_model(config, &fields.model, session, scheduler.random());
     let labels = RequestLabels::of(config, &decision);
     let requested = Some(fields.model.to_string());
-    let (pool, target, criticality, passthrough) = match decision {
+    let (pool, target, priority, passthrough) = match decision {
         ModelDecision::Reject => {
             let msg = format!("The model `{}` does not exist.", fields.model);
             return Plan {
@@ -117,11 +134,20 @@ pub fn plan(
                 action: Err(Reply::new(404, "NotFoundError", msg)),
             };
         }
-        ModelDecision::Passthrough { pool } => (pool, None, Criticality::Standard, true),
+        ModelDecision::Passthrough { pool } => (pool, None, config.default_priority, true),
+        ModelDecision::Fallback { pool, target } => {
+            (Some(pool), Some(target), config.default_priority, false)
+        }
         ModelDecision::Configured { model, target } => {
-            (Some(model.pool), target, model.criticality, false)
+            (Some(model.pool), target, model.priority, false)
         }
     };
+    // A known objective of this pool outranks the model's own; an unknown one changes nothing.
+    let priority = headers
+        .objective
+        .and_then(|name| find_objective(&config.objectives, name, pool))
+        .map_or(priority, |o| o.priority);
+    let criticality = Criticality::of_priority(priority);
     let mut route = Route {
         member: None,
         counted: false,
@@ -129,6 +155,11 @@ pub fn plan(
         model: target.unwrap_or(&fields.model).to_string(),
         streaming: fields.stream,
         outcome: if passthrough { "passthrough" } else { "routed" },
+        priority,
+        fairness: headers
+            .fairness
+            .filter(|f| !f.is_empty())
+            .map_or(0, crate::rollout::stable_hash),
     };
     if let Some(pool) = pool {
         // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
@@ -230,7 +261,7 @@ mod tests {
             &host,
             Some(InferenceApi::Completions),
             body.as_bytes(),
-            None,
+            RequestHeaders::default(),
             0,
         )
     }
@@ -304,5 +335,64 @@ mod tests {
             (route.model.as_str(), route.outcome),
             ("other", "passthrough")
         );
+    }
+
+    #[test]
+    fn the_objective_header_ranks_a_request_and_the_fairness_header_names_its_flow() {
+        let c = config(
+            r#","defaultPool":"p","objectives":[{"name":"gold","priority":7},{"name":"elsewhere","priority":9,"poolRef":"empty"}]"#,
+        );
+        let host = MemHost::default();
+        let s = WorkerScheduler::new(&c, 7);
+        let run_with = |objective: Option<&[u8]>, fairness: Option<&[u8]>| {
+            let headers = RequestHeaders {
+                session: None,
+                objective,
+                fairness,
+            };
+            let body = br#"{"model":"lora","prompt":"x"}"#;
+            plan(&c, &s, &host, &host, None, body, headers, 0)
+                .action
+                .unwrap()
+        };
+        assert_eq!(
+            run_with(None, None).priority,
+            0,
+            "the model's own: Standard"
+        );
+        assert_eq!(run_with(Some(b"gold"), None).priority, 7);
+        // Unknown names and objectives of other pools change nothing.
+        assert_eq!(run_with(Some(b"no-such"), None).priority, 0);
+        assert_eq!(run_with(Some(b"elsewhere"), None).priority, 0);
+        let (a, b) = (
+            run_with(None, Some(b"tenant-a")),
+            run_with(None, Some(b"tenant-b")),
+        );
+        assert_ne!(a.fairness, b.fairness);
+        assert_eq!(a.fairness, run_with(None, Some(b"tenant-a")).fairness);
+        assert_eq!(run_with(None, None).fairness, 0);
+    }
+
+    #[test]
+    fn rewrite_rules_rename_matched_and_unmatched_models() {
+        let c = config(
+            r#","defaultPool":"p","unknownModels":"reject","modelRewrites":[{"poolRef":"p","rules":[
+                {"matches":[{"model":{"value":"food"}}],"targets":[{"modelRewrite":"food-v2"}]},
+                {"matches":[],"targets":[{"modelRewrite":"base"}]}]}]"#,
+        );
+        let body = r#"{"model":"food","prompt":"x"}"#;
+        let route = run(&c, body).action.unwrap();
+        assert_eq!((route.model.as_str(), route.outcome), ("food-v2", "routed"));
+        let out = route.body.unwrap().apply(body.as_bytes());
+        assert_eq!(out, br#"{"model":"food-v2","prompt":"x"}"#);
+        // Anything else the default pool gets goes to the match-everything rule's target, even
+        // under unknownModels: reject; its labels stay bounded.
+        let p = run(&c, r#"{"model":"whatever-a-client-sends","prompt":"x"}"#);
+        let name = crate::stats::RequestMetric::Requests("routed").name(&c, p.labels);
+        assert!(
+            name.contains("model=.=other;.;target_model=.=base;.;"),
+            "{name}"
+        );
+        assert_eq!(p.action.unwrap().model, "base");
     }
 }

@@ -30,6 +30,8 @@ pub enum TargetLabel {
     Same,
     /// Index into the model's target names.
     Target(usize),
+    /// Index into the pool's rewrite fallback targets.
+    Fallback(usize),
 }
 
 impl RequestLabels {
@@ -47,6 +49,16 @@ impl RequestLabels {
                         .and_then(|ts| ts.names().iter().position(|n| n == t))
                         .map_or(TargetLabel::Same, TargetLabel::Target),
                 },
+            },
+            ModelDecision::Fallback { pool, target } => RequestLabels {
+                pool: Some(*pool),
+                model: None,
+                target: config
+                    .rewrite_fallbacks
+                    .get(*pool)
+                    .and_then(Option::as_ref)
+                    .and_then(|ts| ts.names().iter().position(|n| n == target))
+                    .map_or(TargetLabel::Other, TargetLabel::Fallback),
             },
             ModelDecision::Passthrough { pool } => RequestLabels {
                 pool: *pool,
@@ -91,6 +103,12 @@ impl RequestMetric {
             (TargetLabel::Target(i), Some(m)) => m
                 .targets
                 .as_ref()
+                .and_then(|t| t.names().get(i))
+                .map(String::as_str),
+            (TargetLabel::Fallback(i), _) => labels
+                .pool
+                .and_then(|p| config.rewrite_fallbacks.get(p))
+                .and_then(Option::as_ref)
                 .and_then(|t| t.names().get(i))
                 .map(String::as_str),
             _ => None,
