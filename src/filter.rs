@@ -12,13 +12,14 @@
 use crate::gate::GateLink;
 use crate::host::{self, Envoy};
 use crate::stats as host_stats;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, BufferType, MapType};
 use router_core::config::{Config, FailureMode, ListModels};
 use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
 use router_core::pool::view::Members;
-use router_core::request::plan::{plan, Reply, RequestHeaders, Route};
+use router_core::request::plan::{plan, Reply, RequestHeaders};
 use router_core::scheduling::worker::WorkerScheduler;
 use router_core::stats::{self, RequestLabels, RequestMetric};
 use std::cell::RefCell;
@@ -80,6 +81,145 @@ impl FilterState {
         }
     }
 
+    /// Count a request in `inference_router_requests_total` with its outcome.
+    fn count(&self, outcome: &'static str, labels: RequestLabels) {
+        self.add(RequestMetric::Requests(outcome), labels, 1);
+    }
+
+    /// Send `reply` on the current stream (this context's, or the one the root made effective).
+    fn send_reply(&self, reply: &Reply, labels: RequestLabels) -> Decided {
+        log::debug!("{} {}: {}", reply.status, reply.kind, reply.message);
+        self.count(reply.outcome(), labels);
+        let sent = hostcalls::send_http_response(
+            u32::from(reply.status),
+            vec![("content-type", "application/json")],
+            Some(reply.body().as_bytes()),
+        );
+        if let Err(e) = sent {
+            log::warn!("reply {} not sent: {e:?}", reply.status);
+        }
+        Decided {
+            labels,
+            outcome: reply.outcome(),
+            inference: true,
+            ..Decided::default()
+        }
+    }
+
+    /// Plan the request whose whole body is `body` and carry the plan out on the current stream:
+    /// rewrite the body, set the routing headers (here, or through the reader's `gate`), or reply.
+    fn carry_out(&self, inputs: &Inputs, gate: Option<GateAddress>, body: &[u8]) -> Carried {
+        let config = &self.config;
+        let plan = plan(
+            config,
+            &self.scheduler,
+            &Envoy,
+            &Envoy,
+            inputs.api,
+            body,
+            RequestHeaders {
+                session: inputs.session.as_deref(),
+                objective: inputs.objective.as_deref(),
+                fairness: inputs.fairness.as_deref(),
+            },
+            host::now_ms(),
+        );
+        let route = match plan.action {
+            Ok(route) => route,
+            Err(reply) => {
+                let mut decided = self.send_reply(&reply, plan.labels);
+                decided.requested_model = plan.requested;
+                return Carried::Replied(decided);
+            }
+        };
+        if let Some((members, index)) = &route.member {
+            count_pick(members, *index);
+        }
+        let mut decided = Decided {
+            labels: plan.labels,
+            requested_model: plan.requested,
+            inference: true,
+            ..Decided::default()
+        };
+        let mut headers = Vec::with_capacity(3);
+        if let Some(endpoint) = route.endpoint() {
+            headers.push((config.destination_header.clone(), endpoint.to_string()));
+            decided.endpoint = Some(endpoint.to_string());
+        }
+        if let Some(edit) = &route.body {
+            let set =
+                hostcalls::set_buffer(BufferType::HttpRequestBody, 0, edit.replaced, &edit.bytes);
+            if let Err(e) = set {
+                log::warn!("request body not rewritten: {e:?}");
+            }
+            decided.usage_injected = edit.usage_injected;
+            if inputs.had_content_length {
+                headers.push(("content-length".to_string(), edit.new_len.to_string()));
+            }
+        }
+        // Envoy refuses header values with control characters; such a name simply goes without it.
+        if route.model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
+            headers.push((MODEL_NAME_HEADER.to_string(), route.model.clone()));
+        }
+        if let Err(reply) = self.set_routing_headers(gate, headers) {
+            // The pick was counted in flight: nothing will release it but this.
+            if let (true, Some((members, i))) = (route.counted, &route.member) {
+                members.counters.release(&Envoy, *i);
+            }
+            let mut replied = self.send_reply(&reply, decided.labels);
+            replied.requested_model = decided.requested_model;
+            return Carried::Replied(replied);
+        }
+        self.count(route.outcome, decided.labels);
+        decided.outcome = route.outcome;
+        decided.target_model = Some(route.model);
+        if route.counted {
+            decided.counted = route.member;
+        }
+        decided.routed = true;
+        decided.streaming = route.streaming;
+        Carried::Routed(decided)
+    }
+
+    /// Set the decision's headers and have the route picked again: here (single filter), or by
+    /// the gate, which then resumes the request.
+    fn set_routing_headers(
+        &self,
+        gate: Option<GateAddress>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), Reply> {
+        let Some(gate) = gate else {
+            for (name, value) in &headers {
+                if let Err(e) =
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                {
+                    log::warn!("header {name} not set: {e:?}");
+                }
+            }
+            host::clear_route_cache();
+            return Ok(());
+        };
+        let release = Release {
+            context_id: gate.context_id,
+            edits: headers
+                .into_iter()
+                .map(|(name, value)| HeaderEdit {
+                    name,
+                    value: Some(value),
+                })
+                .collect(),
+            clear_route_cache: true,
+        };
+        self.gate.send(&gate, &release).map_err(|e| {
+            log::warn!("reader: the gate is not reachable: {e}");
+            Reply::new(
+                503,
+                "service_unavailable",
+                "inference-router: the gate filter is not reachable",
+            )
+        })
+    }
+
     /// Whether this worker runs a prefix index that wants `share_prefixes` on a timer.
     pub fn shares_prefixes(&self) -> bool {
         self.scheduler.shares_prefixes()
@@ -100,16 +240,21 @@ pub enum Mode {
     Reader,
 }
 
-pub struct InferenceFilter {
-    state: Rc<FilterState>,
-    mode: Mode,
-    /// An inference request whose body is being buffered.
-    buffering: bool,
+/// A request's inputs to its decision: kept while it waits, so the decision can be made later
+/// from the worker's root context.
+#[derive(Default)]
+struct Inputs {
+    mode: Option<Mode>,
     api: Option<InferenceApi>,
     had_content_length: bool,
     session: Option<Vec<u8>>,
     objective: Option<Vec<u8>>,
     fairness: Option<Vec<u8>>,
+}
+
+/// What a request's decision leaves for its response side.
+#[derive(Default)]
+pub struct Decided {
     /// Bounded label values of this request's stats.
     labels: RequestLabels,
     outcome: &'static str,
@@ -121,11 +266,27 @@ pub struct InferenceFilter {
     usage_injected: bool,
     /// The member counted in flight, released in `on_log`.
     counted: Option<(Rc<Members>, usize)>,
-    tap: ResponseTap,
-    usage: Option<Usage>,
     requested_model: Option<String>,
     target_model: Option<String>,
     endpoint: Option<String>,
+}
+
+/// How a decision was carried out on the stream.
+enum Carried {
+    /// Routed: the request goes on.
+    Routed(Decided),
+    /// Answered by the filter (the reply is sent).
+    Replied(Decided),
+}
+
+pub struct InferenceFilter {
+    state: Rc<FilterState>,
+    /// An inference request whose body is being buffered.
+    buffering: bool,
+    inputs: Inputs,
+    decided: Decided,
+    tap: ResponseTap,
+    usage: Option<Usage>,
     /// When the request headers arrived, the first response body byte, the first token (ms).
     started_ms: u64,
     first_byte_ms: Option<u64>,
@@ -138,25 +299,14 @@ impl InferenceFilter {
     pub fn new(state: Rc<FilterState>, mode: Mode) -> InferenceFilter {
         InferenceFilter {
             state,
-            mode,
             buffering: false,
-            api: None,
-            had_content_length: false,
-            session: None,
-            objective: None,
-            fairness: None,
-            labels: RequestLabels::default(),
-            outcome: "",
-            inference: false,
-            routed: false,
-            streaming: false,
-            usage_injected: false,
-            counted: None,
+            inputs: Inputs {
+                mode: Some(mode),
+                ..Inputs::default()
+            },
+            decided: Decided::default(),
             tap: ResponseTap::None,
             usage: None,
-            requested_model: None,
-            target_model: None,
-            endpoint: None,
             started_ms: 0,
             first_byte_ms: None,
             first_token_ms: None,
@@ -164,24 +314,10 @@ impl InferenceFilter {
         }
     }
 
-    /// Count the request in `inference_router_requests_total` with its outcome.
-    fn count(&mut self, outcome: &'static str) {
-        self.outcome = outcome;
-        self.state
-            .add(RequestMetric::Requests(outcome), self.labels, 1);
-    }
-
     /// Send an OpenAI-shaped error and stop the request here.
     fn reply(&mut self, reply: &Reply) -> Action {
-        log::debug!("{} {}: {}", reply.status, reply.kind, reply.message);
-        self.count(reply.outcome());
-        self.inference = true;
+        self.decided = self.state.send_reply(reply, self.decided.labels);
         self.buffering = false;
-        self.send_http_response(
-            u32::from(reply.status),
-            vec![("content-type", "application/json")],
-            Some(reply.body().as_bytes()),
-        );
         Action::Pause
     }
 
@@ -197,106 +333,24 @@ impl InferenceFilter {
     /// The whole body is here: plan, then carry the plan out.
     fn on_full_body(&mut self, body: &[u8]) -> Action {
         // The reader changes nothing unless a gate waits to carry the decision out.
-        let gate = match self.mode {
-            Mode::Single => None,
-            Mode::Reader => match GateLink::find() {
+        let gate = match self.inputs.mode {
+            Some(Mode::Reader) => match GateLink::find() {
                 Some(gate) => Some(gate),
                 None => return self.without_gate(body),
             },
+            _ => None,
         };
-        let state = Rc::clone(&self.state);
-        let config = &state.config;
-        let plan = plan(
-            config,
-            &state.scheduler,
-            &Envoy,
-            &Envoy,
-            self.api,
-            body,
-            RequestHeaders {
-                session: self.session.as_deref(),
-                objective: self.objective.as_deref(),
-                fairness: self.fairness.as_deref(),
-            },
-            host::now_ms(),
-        );
-        self.labels = plan.labels;
-        self.requested_model = plan.requested;
-        let route = match plan.action {
-            Ok(route) => route,
-            Err(reply) => return self.reply(&reply),
-        };
-        if let Some((members, index)) = &route.member {
-            count_pick(members, *index);
-        }
-        let mut headers = Vec::with_capacity(3);
-        if let Some(endpoint) = route.endpoint() {
-            headers.push((config.destination_header.clone(), endpoint.to_string()));
-            self.endpoint = Some(endpoint.to_string());
-        }
-        if let Some(edit) = &route.body {
-            self.set_http_request_body(0, edit.replaced, &edit.bytes);
-            self.usage_injected = edit.usage_injected;
-            if self.had_content_length {
-                headers.push(("content-length".to_string(), edit.new_len.to_string()));
-            }
-        }
-        // Envoy refuses header values with control characters; such a name simply goes without it.
-        if route.model.bytes().all(|b| b >= 0x20 && b != 0x7f) {
-            headers.push((MODEL_NAME_HEADER.to_string(), route.model.clone()));
-        }
-        if let Err(reply) = self.set_routing_headers(gate, headers) {
-            return self.reply(&reply);
-        }
-        self.routed(route)
-    }
-
-    /// Set the decision's headers and have the route picked again: here (single filter), or by
-    /// the gate, which then resumes the request.
-    fn set_routing_headers(
-        &mut self,
-        gate: Option<GateAddress>,
-        headers: Vec<(String, String)>,
-    ) -> Result<(), Reply> {
-        let Some(gate) = gate else {
-            for (name, value) in &headers {
-                self.set_http_request_header(name, Some(value));
-            }
-            host::clear_route_cache();
-            return Ok(());
-        };
-        let release = Release {
-            context_id: gate.context_id,
-            edits: headers
-                .into_iter()
-                .map(|(name, value)| HeaderEdit {
-                    name,
-                    value: Some(value),
-                })
-                .collect(),
-            clear_route_cache: true,
-        };
-        self.state.gate.send(&gate, &release).map_err(|e| {
-            log::warn!("reader: the gate is not reachable: {e}");
-            Reply::new(
-                503,
-                "service_unavailable",
-                "inference-router: the gate filter is not reachable",
-            )
-        })
-    }
-
-    fn routed(&mut self, route: Route) -> Action {
-        self.count(route.outcome);
-        self.target_model = Some(route.model);
-        if route.counted {
-            self.counted = route.member;
-        }
-        self.routed = true;
-        self.inference = true;
-        self.streaming = route.streaming;
         self.buffering = false;
-        Action::Continue
+        match self.state.carry_out(&self.inputs, gate, body) {
+            Carried::Routed(decided) => {
+                self.decided = decided;
+                Action::Continue
+            }
+            Carried::Replied(decided) => {
+                self.decided = decided;
+                Action::Pause
+            }
+        }
     }
 
     /// Reader mode with no gate on the request's filter chain: the router has already chosen a
@@ -370,12 +424,12 @@ impl InferenceFilter {
         let state = Rc::clone(&self.state);
         state.add(
             RequestMetric::PromptTokens,
-            self.labels,
+            self.decided.labels,
             usage.prompt_tokens,
         );
         state.add(
             RequestMetric::CompletionTokens,
-            self.labels,
+            self.decided.labels,
             usage.completion_tokens,
         );
         self.usage = Some(usage);
@@ -388,13 +442,19 @@ impl InferenceFilter {
             .usage
             .map(|u| (u.prompt_tokens.to_string(), u.completion_tokens.to_string()));
         let fields = [
-            ("inference_router.outcome", Some(self.outcome)),
-            ("inference_router.model", self.requested_model.as_deref()),
+            ("inference_router.outcome", Some(self.decided.outcome)),
+            (
+                "inference_router.model",
+                self.decided.requested_model.as_deref(),
+            ),
             (
                 "inference_router.target_model",
-                self.target_model.as_deref(),
+                self.decided.target_model.as_deref(),
             ),
-            ("inference_router.endpoint", self.endpoint.as_deref()),
+            (
+                "inference_router.endpoint",
+                self.decided.endpoint.as_deref(),
+            ),
             (
                 "inference_router.prompt_tokens",
                 tokens.as_ref().map(|t| t.0.as_str()),
@@ -498,8 +558,8 @@ impl HttpContext for InferenceFilter {
         if config.list_models != ListModels::Pool && openai::is_models_list(&method, &path) {
             return self.list_models();
         }
-        self.api = openai::inference_api(&method, &path);
-        if self.api.is_none() {
+        self.inputs.api = openai::inference_api(&method, &path);
+        if self.inputs.api.is_none() {
             if removed {
                 host::clear_route_cache();
             }
@@ -513,7 +573,7 @@ impl HttpContext for InferenceFilter {
             ));
         }
         let content_length = find("content-length");
-        self.had_content_length = content_length.is_some();
+        self.inputs.had_content_length = content_length.is_some();
         let announced = content_length
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
@@ -521,13 +581,13 @@ impl HttpContext for InferenceFilter {
             return self.too_large();
         }
         // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-        let header = |name: Option<&str>| name.and_then(|h| find(h)).map(<[u8]>::to_vec);
-        self.session = header(config.session_header.as_deref());
-        self.objective = header(config.objective_header.as_deref());
-        self.fairness = header(config.fairness_header.as_deref());
+        let header = |name: Option<&str>| name.and_then(&find).map(<[u8]>::to_vec);
+        self.inputs.session = header(config.session_header.as_deref());
+        self.inputs.objective = header(config.objective_header.as_deref());
+        self.inputs.fairness = header(config.fairness_header.as_deref());
         self.buffering = true;
         self.started_ms = host::now_ms();
-        match self.mode {
+        match self.inputs.mode.unwrap_or(Mode::Single) {
             Mode::Single => Action::Pause,
             // The gate pauses the headers for us once it sees the mark; from here on this
             // filter may not touch the request headers (Envoy refuses, the SDK would trap).
@@ -569,7 +629,7 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.routed {
+        if !self.decided.routed {
             return Action::Continue;
         }
         // A compressed body cannot be read as it passes; its tokens go uncounted.
@@ -577,7 +637,7 @@ impl HttpContext for InferenceFilter {
         let encoded = self
             .get_http_response_header_bytes("content-encoding")
             .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
-        self.tap = ResponseTap::new(encoded, self.streaming, self.usage_injected);
+        self.tap = ResponseTap::new(encoded, self.decided.streaming, self.decided.usage_injected);
         if self.tap.changes_length() {
             self.set_http_response_header("content-length", None);
         }
@@ -585,11 +645,11 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.routed {
+        if !self.decided.routed {
             return Action::Continue;
         }
         // Only a stream's time to first token falls back on the first byte: no clock read otherwise.
-        if self.streaming && self.first_byte_ms.is_none() && body_size > 0 {
+        if self.decided.streaming && self.first_byte_ms.is_none() && body_size > 0 {
             self.first_byte_ms = Some(host::now_ms());
         }
         // Each chunk is read (and, when we added the usage event, filtered) as it passes; never
@@ -619,30 +679,41 @@ impl HttpContext for InferenceFilter {
     fn on_log(&mut self) {
         // A response cut short still counts what it reported.
         self.finish_usage();
-        if let Some((members, i)) = self.counted.take() {
+        if let Some((members, i)) = self.decided.counted.take() {
             members.counters.release(&Envoy, i);
         }
-        if self.inference {
+        if self.decided.inference {
             self.publish_log_fields();
         }
-        if !self.routed {
+        if !self.decided.routed {
             return;
         }
         let state = Rc::clone(&self.state);
         let now = host::now_ms();
         let since_start = |t: u64| t.saturating_sub(self.started_ms);
-        state.add(RequestMetric::Duration, self.labels, since_start(now));
+        state.add(
+            RequestMetric::Duration,
+            self.decided.labels,
+            since_start(now),
+        );
         // The first token when the stream shows one, else its first byte.
-        if let (true, Some(first)) = (self.streaming, self.first_token_ms.or(self.first_byte_ms)) {
+        if let (true, Some(first)) = (
+            self.decided.streaming,
+            self.first_token_ms.or(self.first_byte_ms),
+        ) {
             state.add(
                 RequestMetric::TimeToFirstToken,
-                self.labels,
+                self.decided.labels,
                 since_start(first),
             );
             let tokens = self.usage.map_or(0, |u| u.completion_tokens);
             if tokens > 1 {
                 let per_token = now.saturating_sub(first) / (tokens - 1);
-                state.add(RequestMetric::TimePerOutputToken, self.labels, per_token);
+                state.add(
+                    RequestMetric::TimePerOutputToken,
+                    self.decided.labels,
+                    per_token,
+                );
             }
         }
     }

@@ -181,6 +181,8 @@ async fn spoofed_routing_headers_are_never_honoured() {
         "defaultPool": "pool-a",
         "unknownModels": "reject",
         "scheduling": {"strategy": "ROUND_ROBIN"},
+        // /v1/models goes to a pod as any non-inference request (not answered by the gateway).
+        "listModels": "pool",
     });
     let mut pods = pool;
     pods.push(outsider);
@@ -283,6 +285,7 @@ async fn non_inference_requests_pass_through_untouched() {
                         "targetModels": [{"name": "sql-lora", "weight": 1}]}],
             "defaultPool": "pool-a",
             "unknownModels": "reject",
+            "listModels": "pool",
         })
     })
     .await
@@ -293,7 +296,7 @@ async fn non_inference_requests_pass_through_untouched() {
         ("accept", "application/json"),
     ];
 
-    // GET /v1/models: the pod's own answer, the request as sent.
+    // GET /v1/models with listModels: pool: the pod's own answer, the request as sent.
     let r = stack
         .client
         .get("/v1/models?limit=5", &headers)
