@@ -5,7 +5,6 @@
 use crate::document::{check_value, Conversion, Document};
 use crate::{Error, Options};
 use serde::Serialize;
-use serde_json::{json, Value};
 
 pub const READER: &str = "inference-router-reader";
 pub const GATE: &str = "inference-router-gate";
@@ -15,14 +14,39 @@ pub const FAIL_STRATEGY: &str = "FAIL_RELOAD";
 /// The gate's timeout in the shipped installs (the contract's default, written out).
 pub const GATE_TIMEOUT_MS: u64 = 60_000;
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GateConfig {
+    gate: GateSettings,
+    failure_mode: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GateSettings {
+    timeout_ms: u64,
+}
+
 /// The gate's configuration: its timeout, and the document's failureMode for half an install.
-fn gate_config(document: &Document) -> Result<Value, Error> {
-    let gate = json!({
-        "gate": {"timeoutMs": GATE_TIMEOUT_MS},
-        "failureMode": document.failure_mode.as_deref().unwrap_or("FailOpen"),
-    });
-    check_value("the gate's configuration", &gate)?;
-    Ok(gate)
+fn gate_config(document: &Document) -> Result<serde_yaml::Value, Error> {
+    let gate = GateConfig {
+        gate: GateSettings {
+            timeout_ms: GATE_TIMEOUT_MS,
+        },
+        failure_mode: document
+            .failure_mode
+            .clone()
+            .unwrap_or_else(|| "FailOpen".to_string()),
+    };
+    let json = serde_json::to_value(&gate)
+        .map_err(|e| Error::plain(format!("writing the gate's configuration: {e}")))?;
+    check_value("the gate's configuration", &json)?;
+    yaml_value(&gate)
+}
+
+/// A value for a manifest, fields in their written order.
+fn yaml_value(v: &impl Serialize) -> Result<serde_yaml::Value, Error> {
+    serde_yaml::to_value(v).map_err(|e| Error::plain(format!("writing YAML: {e}")))
 }
 
 /// The one namespace of the pools: the manifests go there.
@@ -183,9 +207,27 @@ struct WasmEntry {
     name: &'static str,
     #[serde(rename = "rootID")]
     root_id: &'static str,
-    code: Value,
+    code: Code,
     fail_open: bool,
-    config: Value,
+    config: serde_yaml::Value,
+}
+
+/// Envoy Gateway's `WasmCodeSource`.
+#[derive(Clone, Serialize)]
+struct Code {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<CodeSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<CodeSource>,
+}
+
+#[derive(Clone, Serialize)]
+struct CodeSource {
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
 /// Envoy Gateway: one policy on the pools' HTTPRoutes, the reader's entry (with the document)
@@ -194,13 +236,14 @@ pub fn extension_policy(c: &Conversion, o: &Options) -> Result<String, Error> {
     let namespace = namespace(c, "an EnvoyExtensionPolicy")?;
     let code = match o.image.split_once("://") {
         // The module itself over HTTP(S).
-        Some(("http" | "https", _)) => {
-            let mut http = json!({"url": o.image});
-            if let Some(sha) = &o.sha256 {
-                http["sha256"] = json!(sha);
-            }
-            json!({"type": "HTTP", "http": http})
-        }
+        Some(("http" | "https", _)) => Code {
+            kind: "HTTP",
+            http: Some(CodeSource {
+                url: o.image.clone(),
+                sha256: o.sha256.clone(),
+            }),
+            image: None,
+        },
         // Envoy Gateway's image URLs have no scheme.
         Some(("oci", reference)) => image_code(reference, o),
         Some((scheme, _)) => {
@@ -218,8 +261,7 @@ pub fn extension_policy(c: &Conversion, o: &Options) -> Result<String, Error> {
             routes.push(route);
         }
     }
-    let document = serde_json::to_value(&c.document)
-        .map_err(|e| Error::plain(format!("writing the document: {e}")))?;
+    let document = yaml_value(&c.document)?;
     let policy = Manifest {
         api_version: "gateway.envoyproxy.io/v1alpha1",
         kind: "EnvoyExtensionPolicy",
@@ -278,12 +320,15 @@ pub fn extension_policy(c: &Conversion, o: &Options) -> Result<String, Error> {
     Ok(text)
 }
 
-fn image_code(reference: &str, o: &Options) -> Value {
-    let mut image = json!({"url": reference});
-    if let Some(sha) = &o.sha256 {
-        image["sha256"] = json!(sha);
+fn image_code(reference: &str, o: &Options) -> Code {
+    Code {
+        kind: "Image",
+        http: None,
+        image: Some(CodeSource {
+            url: reference.to_string(),
+            sha256: o.sha256.clone(),
+        }),
     }
-    json!({"type": "Image", "image": image})
 }
 
 fn selector(p: &crate::resources::Pool) -> String {
