@@ -521,7 +521,7 @@ impl HttpContext for InferenceFilter {
             return self.too_large();
         }
         // As bytes: the SDK's string getter traps on a value that is not UTF-8.
-        let header = |name: Option<&str>| name.and_then(|h| find(h)).map(<[u8]>::to_vec);
+        let header = |name: Option<&str>| name.and_then(&find).map(<[u8]>::to_vec);
         self.session = header(config.session_header.as_deref());
         self.objective = header(config.objective_header.as_deref());
         self.fairness = header(config.fairness_header.as_deref());
