@@ -6,6 +6,8 @@ OPENAI_VERSION := 3.57.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := dist/inference_router.wasm
+# The configuration tool (config-tool/): Inference Extension YAML → the plugin's document.
+CONFIG_TOOL := dist/inference-router-config
 # A test build with fault injection (src/fault.rs): never shipped.
 FAULTS_WASM := dist/inference_router_faults.wasm
 TOOLS := .tools
@@ -46,9 +48,11 @@ wasm-bindgen:
 
 build: targets
 	cargo build --release --target wasm32-wasip1 -p inference-router
+	cargo build --release -p inference-router-config
 	mkdir -p dist
 	cp target/wasm32-wasip1/release/inference_router.wasm $(WASM)
-	@ls -l $(WASM)
+	cp target/release/inference-router-config $(CONFIG_TOOL)
+	@ls -l $(WASM) $(CONFIG_TOOL)
 
 # The fault-injection build the fault tests load (wasm-tests/tests/faults.rs): a marked request
 # or metrics page makes the VM trap. Its own target dir, so the shipped module is untouched.
@@ -72,7 +76,8 @@ lint:
 	cargo clippy --target wasm32-wasip1 -p inference-router --features fault-injection -- -D warnings
 
 unit-test:
-	cargo test -p inference-router-core -p inference-router -p inference-router-packaging
+	cargo test -p inference-router-core -p inference-router -p inference-router-packaging \
+	  -p inference-router-config
 
 # The core's tests again, compiled to wasm32 and run by wasm-bindgen-test under Node.
 wasm-unit-test: targets wasm-bindgen

@@ -639,6 +639,21 @@ fn header_name(field: &str, h: &str) -> Result<String, ConfigError> {
     Ok(h.to_ascii_lowercase())
 }
 
+/// The JSON Schema (draft 2020-12) of the configuration document, generated from the types the
+/// document is parsed into (`raw.rs` and the scheduling section's). `docs/config.schema.json` is
+/// this, pretty-printed (`inference-router-config --schema`). The schema describes the document's
+/// shape, enums and bounds for editors and tools; [`Config::parse`] remains the authority (it
+/// also checks references between fields, duplicates and addresses).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(raw::RawConfig))
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("title".to_string(), "inference-router configuration".into());
+    }
+    schema
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -97,38 +97,92 @@ impl Default for Profile {
 /// The `"scheduling"` object of the configuration document. Every field is optional; absent ones
 /// take the defaults above. `strategy` is here so this struct can be the whole object; it is
 /// parsed by `Strategy::parse` and passed to `Profile::from_config` separately.
+// With the core's `schema` feature these derive the `scheduling` part of the document's JSON
+// Schema (see `config::json_schema`); the doc comments are its descriptions.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Scheduling")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulingConfig {
+    /// `DEFAULT` (from scraped metrics; default), `PREFIX_CACHE` (`DEFAULT` plus prefix
+    /// affinity), `LEAST_REQUEST`, `ROUND_ROBIN` or `RANDOM`.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("enum" = ["DEFAULT", "PREFIX_CACHE", "LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", null]))
+    )]
     pub strategy: Option<String>,
+    /// Scorer weights (≥ 0; 0 turns a scorer off).
     pub scorers: Option<ScorersConfig>,
+    /// When an endpoint has headroom; a pool with none is saturated.
     pub saturation: Option<SaturationConfig>,
+    /// `PREFIX_CACHE`'s prompt hashing and index size.
     pub prefix: Option<PrefixConfig>,
 }
 
+/// Scorer weights (each ≥ 0).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Scorers")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScorersConfig {
+    /// Waiting requests (default 2).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub queue: Option<f64>,
+    /// KV-cache use (default 2).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub kv_cache: Option<f64>,
+    /// The target adapter loaded or loadable (default 4).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub lora_affinity: Option<f64>,
+    /// Prompt prefix already sent there (`PREFIX_CACHE`; default 3).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub prefix: Option<f64>,
+    /// This gateway's requests in flight there (default 1).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub in_flight: Option<f64>,
 }
 
+/// Headroom thresholds.
 // Integers are signed so a negative value gets our message rather than serde's.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Saturation")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaturationConfig {
+    /// At most this many waiting requests (default 5).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 4294967295u32)))]
     pub queue_depth: Option<i64>,
+    /// At most this KV-cache use, 0 to 1 (default 0.8).
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 1)))]
     pub kv_cache_usage: Option<f64>,
 }
 
+/// Prompt hashing and prefix-index sizes (`PREFIX_CACHE`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Prefix")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefixConfig {
+    /// Bytes per hashed block (default 64).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 65536)))]
     pub block_size: Option<i64>,
+    /// Blocks hashed per prompt at most (default 256).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4096)))]
     pub max_blocks: Option<i64>,
+    /// Block hashes remembered per endpoint (default 31250).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 16777216)))]
     pub capacity: Option<i64>,
 }
 

@@ -1,0 +1,343 @@
+//! From the typed resources to the configuration document, checked by the plugin's own parser.
+
+use crate::resources::{classify, objects, Input, Model, Pool, Resource};
+use crate::{Error, Options, Target};
+use serde::Serialize;
+
+/// Envoy's default listener buffer, and what the shipped control-plane installs set: at or
+/// below it the plugin answers an oversized body with its OpenAI-shaped 413 before Envoy's own.
+pub const CONTROL_PLANE_MAX_BODY: u64 = 1_048_576;
+/// How often a pool's members are read, as in the shipped installs.
+pub const REFRESH_MS: u64 = 2000;
+
+/// The configuration document (docs/contract.md section 3) as this tool writes it: fields in the
+/// contract's order, defaults left out.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Document {
+    pub pools: Vec<DocPool>,
+    pub models: Vec<DocModel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
+    pub collector: DocCollector,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocPool {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    pub discovery: DocDiscovery,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocDiscovery {
+    pub cluster: String,
+    pub admin_cluster: String,
+    pub refresh_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocModel {
+    pub model_name: String,
+    pub pool_ref: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub criticality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_models: Option<Vec<DocTarget>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DocTarget {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DocCollector {
+    pub mode: String,
+}
+
+/// The converted input: the document, and the pools it came from (for the manifests).
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    pub document: Document,
+    pub pools: Vec<Pool>,
+    /// Each pool's Envoy cluster, in `pools` order.
+    pub clusters: Vec<String>,
+    /// Each pool's Service (istio) or HTTPRoute (envoy-gateway); None for envoy.
+    pub backends: Vec<Option<String>>,
+}
+
+/// Convert the inputs into the document for `o.target`. The document has passed
+/// [`router_core::config::Config::parse`].
+pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut models: Vec<Model> = Vec::new();
+    for input in inputs {
+        for obj in objects(input)? {
+            match classify(&obj, &o.namespace, o.skip_other_kinds)? {
+                Resource::Pool(p) => {
+                    if let Some(first) = pools.iter().find(|q| q.name == p.name) {
+                        return Err(Error::at(
+                            &p.origin,
+                            Some("metadata.name"),
+                            format!(
+                                "a second InferencePool \"{}\" (the first: {}); pool names must \
+                                 be unique across namespaces: convert each namespace apart",
+                                p.name, first.origin
+                            ),
+                        ));
+                    }
+                    pools.push(p);
+                }
+                Resource::Model(m) => {
+                    if let Some(first) = models.iter().find(|n| n.model_name == m.model_name) {
+                        return Err(Error::at(
+                            &m.origin,
+                            Some("spec.modelName"),
+                            format!(
+                                "\"{}\" is served already by {}; one InferenceModel per model name",
+                                m.model_name, first.origin
+                            ),
+                        ));
+                    }
+                    models.push(m);
+                }
+                Resource::Other => {}
+            }
+        }
+    }
+    let mut doc_models = Vec::with_capacity(models.len());
+    for m in &models {
+        if !pools
+            .iter()
+            .any(|p| p.name == m.pool_name && p.namespace == m.namespace)
+        {
+            let elsewhere: Vec<&str> = pools
+                .iter()
+                .filter(|p| p.name == m.pool_name)
+                .map(|p| p.namespace.as_str())
+                .collect();
+            return Err(Error::at(
+                &m.origin,
+                Some("spec.poolRef.name"),
+                if elsewhere.is_empty() {
+                    format!("no InferencePool \"{}\" in the input", m.pool_name)
+                } else {
+                    format!(
+                        "InferencePool \"{}\" is in namespace {}, not {} (a pool must be in its \
+                         models' namespace)",
+                        m.pool_name,
+                        elsewhere.join(", "),
+                        m.namespace
+                    )
+                },
+            ));
+        }
+        doc_models.push(DocModel {
+            model_name: m.model_name.clone(),
+            pool_ref: m.pool_name.clone(),
+            criticality: m.criticality.clone(),
+            target_models: m.targets.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|(name, weight)| DocTarget {
+                        name: name.clone(),
+                        weight: *weight,
+                    })
+                    .collect()
+            }),
+        });
+    }
+
+    if pools.is_empty() {
+        return Err(Error::plain(
+            "no InferencePool in the input: the document needs at least one pool",
+        ));
+    }
+
+    // One failureMode for the document: the pools that give one must agree.
+    let mut failure_mode: Option<(&str, &Pool)> = None;
+    for p in &pools {
+        if let Some(m) = p.failure_mode.as_deref() {
+            match failure_mode {
+                Some((first, q)) if first != m => {
+                    return Err(Error::at(
+                        &p.origin,
+                        Some("spec.endpointPickerRef.failureMode"),
+                        format!(
+                            "{m}, but {} says {first}: the configuration has one failureMode \
+                             for all its pools",
+                            q.origin
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => failure_mode = Some((m, p)),
+            }
+        }
+    }
+
+    let services = per_pool("--service", &o.services, &pools)?;
+    let routes = per_pool("--route", &o.routes, &pools)?;
+    let mut doc_pools = Vec::with_capacity(pools.len());
+    let mut clusters = Vec::with_capacity(pools.len());
+    let mut backends = Vec::with_capacity(pools.len());
+    for (i, p) in pools.iter().enumerate() {
+        let (cluster, admin, backend) = match o.target {
+            Target::Istio => {
+                let service = services[i].clone().unwrap_or_else(|| p.name.clone());
+                (
+                    format!(
+                        "outbound|{}||{service}.{}.svc.cluster.local",
+                        p.target_port, p.namespace
+                    ),
+                    "prometheus_stats",
+                    Some(service),
+                )
+            }
+            Target::EnvoyGateway => {
+                let route = routes[i].clone().unwrap_or_else(|| p.name.clone());
+                (
+                    format!("httproute/{}/{route}/rule/0", p.namespace),
+                    "prometheus_stats",
+                    Some(route),
+                )
+            }
+            Target::Envoy => (p.name.clone(), "envoy-admin", None),
+        };
+        doc_pools.push(DocPool {
+            name: p.name.clone(),
+            // Under a control plane the pool's name is not a cluster: name the one that is.
+            cluster: (cluster != p.name).then(|| cluster.clone()),
+            discovery: DocDiscovery {
+                cluster: cluster.clone(),
+                admin_cluster: admin.to_string(),
+                refresh_ms: REFRESH_MS,
+            },
+        });
+        clusters.push(cluster);
+        backends.push(backend);
+    }
+
+    let default_pool = match &o.default_pool {
+        Some(name) => {
+            if !pools.iter().any(|p| &p.name == name) {
+                return Err(Error::plain(format!(
+                    "--default-pool {name}: no InferencePool of that name in the input"
+                )));
+            }
+            Some(name.clone())
+        }
+        None if pools.len() == 1 => Some(pools[0].name.clone()),
+        None => None,
+    };
+    let control_plane = o.target != Target::Envoy;
+    let document = Document {
+        pools: doc_pools,
+        models: doc_models,
+        default_pool,
+        collector: DocCollector {
+            mode: if control_plane { "embedded" } else { "service" }.to_string(),
+        },
+        max_request_body_bytes: control_plane.then_some(CONTROL_PLANE_MAX_BODY),
+        failure_mode: failure_mode.map(|(m, _)| m.to_string()),
+    };
+    check(&document, &pools, &models)?;
+    Ok(Conversion {
+        document,
+        pools,
+        clusters,
+        backends,
+    })
+}
+
+/// `--service` / `--route` resolved per pool: `NAME` alone is for the only pool.
+fn per_pool(
+    flag: &str,
+    given: &[(Option<String>, String)],
+    pools: &[Pool],
+) -> Result<Vec<Option<String>>, Error> {
+    let mut out = vec![None; pools.len()];
+    for (pool, name) in given {
+        let i = match pool {
+            None if pools.len() == 1 => 0,
+            None => {
+                return Err(Error::plain(format!(
+                    "{flag} {name}: the input has {} pools; give {flag} POOL={name}",
+                    pools.len()
+                )))
+            }
+            Some(pool) => pools.iter().position(|p| &p.name == pool).ok_or_else(|| {
+                Error::plain(format!(
+                    "{flag} {pool}={name}: no InferencePool \"{pool}\" in the input"
+                ))
+            })?,
+        };
+        out[i] = Some(name.clone());
+    }
+    Ok(out)
+}
+
+/// The plugin's own validation of a document; an error is blamed on the input document it came
+/// from where the field says which.
+fn check(document: &Document, pools: &[Pool], models: &[Model]) -> Result<(), Error> {
+    let json = serde_json::to_vec(document)
+        .map_err(|e| Error::plain(format!("writing the document: {e}")))?;
+    let e = match router_core::config::Config::parse(&json) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let message = format!(
+        "refused by the plugin's validation ({}: {})",
+        e.field, e.message
+    );
+    // `pools[3].x` / `models[2].targetModels[1].weight`: the index, and the rest.
+    let indexed = |prefix: &str| -> Option<(usize, String)> {
+        let rest = e.field.strip_prefix(prefix)?;
+        let (i, rest) = rest.split_once(']')?;
+        Some((i.parse().ok()?, rest.trim_start_matches('.').to_string()))
+    };
+    if let Some((i, rest)) = indexed("models[") {
+        if let Some(m) = models.get(i) {
+            let field = match rest.as_str() {
+                "poolRef" => "spec.poolRef.name".to_string(),
+                r => format!("spec.{r}"),
+            };
+            return Err(Error::at(&m.origin, Some(&field), message));
+        }
+    }
+    if let Some((i, rest)) = indexed("pools[") {
+        if let Some(p) = pools.get(i) {
+            let field = if rest == "name" { "metadata.name" } else { "" };
+            return Err(Error::at(
+                &p.origin,
+                (!field.is_empty()).then_some(field),
+                message,
+            ));
+        }
+    }
+    Err(Error::plain(format!(
+        "the generated configuration was {message}"
+    )))
+}
+
+/// Check a document this tool writes (the gate's, in the manifests) the same way.
+pub(crate) fn check_value(what: &str, v: &serde_json::Value) -> Result<(), Error> {
+    let json = serde_json::to_vec(v).map_err(|e| Error::plain(format!("writing {what}: {e}")))?;
+    router_core::config::Config::parse(&json)
+        .map(|_| ())
+        .map_err(|e| {
+            Error::plain(format!(
+                "{what} was refused by the plugin's validation: {e}"
+            ))
+        })
+}

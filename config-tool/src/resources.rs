@@ -1,0 +1,471 @@
+//! Reading the user's Kubernetes YAML: documents, `List`s, and the Inference Extension resources
+//! this tool converts, each typed per apiVersion so a wrong shape is named by its field.
+
+use crate::{Error, Origin};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The older API group (InferencePool v1alpha1/v1alpha2, InferenceModel, InferenceObjective, …).
+pub const X_GROUP: &str = "inference.networking.x-k8s.io";
+/// The GA API group (InferencePool v1).
+pub const GROUP: &str = "inference.networking.k8s.io";
+
+/// The InferenceModel's bounds for a target's weight.
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
+/// One input: a file's name (as given, `-` for stdin) and its text.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub name: String,
+    pub text: String,
+}
+
+/// A Kubernetes object from the input, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub origin: Origin,
+    pub value: Value,
+}
+
+/// Every object in one input: its YAML documents in order, a `List`'s (or `<Kind>List`'s)
+/// `items` in their place. Empty documents are skipped.
+pub fn objects(input: &Input) -> Result<Vec<Object>, Error> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&input.text).enumerate() {
+        let origin = Origin::document(&input.name, i + 1);
+        let value = Value::deserialize(doc)
+            .map_err(|e| Error::at(&origin, None, format!("not valid YAML: {e}")))?;
+        match value {
+            Value::Null => {}
+            Value::Object(_) => {
+                let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+                if kind.ends_with("List") && value.get("items").is_some() {
+                    let items = match value.get("items") {
+                        Some(Value::Array(items)) => items.clone(),
+                        Some(Value::Null) => Vec::new(),
+                        _ => return Err(Error::at(&origin, Some("items"), "must be a list")),
+                    };
+                    for (j, item) in items.into_iter().enumerate() {
+                        let origin = origin.item(j);
+                        if !item.is_object() {
+                            return Err(Error::at(
+                                &origin,
+                                None,
+                                "not a Kubernetes object (a mapping with apiVersion and kind)",
+                            ));
+                        }
+                        out.push(Object {
+                            origin: origin.named(&item),
+                            value: item,
+                        });
+                    }
+                } else {
+                    out.push(Object {
+                        origin: origin.named(&value),
+                        value,
+                    });
+                }
+            }
+            _ => {
+                return Err(Error::at(
+                    &origin,
+                    None,
+                    "not a Kubernetes object (a mapping with apiVersion and kind)",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An InferencePool, whatever its version.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub origin: Origin,
+    pub name: String,
+    pub namespace: String,
+    pub target_port: u16,
+    /// The v1 `endpointPickerRef.failureMode`, if given.
+    pub failure_mode: Option<String>,
+    /// The pods' labels (the Service the installs route to must select the same).
+    pub selector: BTreeMap<String, String>,
+}
+
+/// An InferenceModel, whatever its version.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub origin: Origin,
+    pub namespace: String,
+    pub model_name: String,
+    /// As the document spells it (`Critical`, `Standard`, `Sheddable`).
+    pub criticality: Option<String>,
+    /// None: served as named.
+    pub targets: Option<Vec<(String, Option<u32>)>>,
+    pub pool_name: String,
+}
+
+/// What one object is.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Pool(Pool),
+    Model(Model),
+    /// Not an Inference Extension object, skipped on request (`--skip-other-kinds`).
+    Other,
+}
+
+/// Type one object. `skip_other`: objects outside the Inference Extension's API groups are
+/// [`Resource::Other`] instead of an error.
+pub fn classify(
+    obj: &Object,
+    default_namespace: &str,
+    skip_other: bool,
+) -> Result<Resource, Error> {
+    let o = &obj.origin;
+    let api_version = string_field(o, &obj.value, "apiVersion")?;
+    let kind = string_field(o, &obj.value, "kind")?;
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    let ours = group == X_GROUP || group == GROUP;
+    match (kind, api_version) {
+        ("InferencePool", "inference.networking.x-k8s.io/v1alpha1")
+        | ("InferencePool", "inference.networking.x-k8s.io/v1alpha2") => {
+            let (name, namespace) = metadata(obj, default_namespace)?;
+            let spec: PoolSpecAlpha = spec(obj)?;
+            Ok(Resource::Pool(Pool {
+                origin: o.clone(),
+                name,
+                namespace,
+                target_port: port(o, "spec.targetPortNumber", spec.target_port_number)?,
+                failure_mode: None,
+                selector: spec.selector,
+            }))
+        }
+        ("InferencePool", "inference.networking.k8s.io/v1") => {
+            let (name, namespace) = metadata(obj, default_namespace)?;
+            let spec: PoolSpecV1 = spec(obj)?;
+            let first = match spec.target_ports.as_slice() {
+                [] => {
+                    return Err(Error::at(
+                        o,
+                        Some("spec.targetPorts"),
+                        "must list the pool's target port",
+                    ))
+                }
+                [first] => first,
+                [_, ..] => {
+                    return Err(Error::at(
+                        o,
+                        Some("spec.targetPorts[1]"),
+                        "more than one target port is not supported (the InferencePool v1 API \
+                         allows one)",
+                    ))
+                }
+            };
+            let failure_mode = match spec.endpoint_picker_ref.and_then(|r| r.failure_mode) {
+                None => None,
+                Some(m) if m == "FailOpen" || m == "FailClose" => Some(m),
+                Some(m) => {
+                    return Err(Error::at(
+                        o,
+                        Some("spec.endpointPickerRef.failureMode"),
+                        format!("\"{m}\" is not one of FailOpen, FailClose"),
+                    ))
+                }
+            };
+            Ok(Resource::Pool(Pool {
+                origin: o.clone(),
+                name,
+                namespace,
+                target_port: port(o, "spec.targetPorts[0].number", first.number)?,
+                failure_mode,
+                selector: spec.selector.match_labels,
+            }))
+        }
+        ("InferenceModel", "inference.networking.x-k8s.io/v1alpha1")
+        | ("InferenceModel", "inference.networking.x-k8s.io/v1alpha2") => {
+            let v1alpha1 = api_version.ends_with("/v1alpha1");
+            let (_, namespace) = metadata(obj, default_namespace)?;
+            let spec: ModelSpec = spec(obj)?;
+            model(obj, namespace, spec, v1alpha1).map(Resource::Model)
+        }
+        ("InferenceObjective", _) | ("InferenceModelRewrite", _) if ours => Err(Error::at(
+            o,
+            None,
+            format!(
+                "{kind} is not supported yet: this tool converts InferencePools and \
+                 InferenceModels (the document's `{}` takes it by hand)",
+                if kind == "InferenceObjective" {
+                    "objectives"
+                } else {
+                    "modelRewrites"
+                }
+            ),
+        )),
+        ("InferencePool", _) | ("InferenceModel", _) => Err(Error::at(
+            o,
+            Some("apiVersion"),
+            format!(
+                "{api_version} is not a known version of {kind} (known: {})",
+                if kind == "InferencePool" {
+                    "inference.networking.k8s.io/v1, inference.networking.x-k8s.io/v1alpha2, \
+                     inference.networking.x-k8s.io/v1alpha1"
+                } else {
+                    "inference.networking.x-k8s.io/v1alpha2, inference.networking.x-k8s.io/v1alpha1"
+                }
+            ),
+        )),
+        _ if skip_other && !ours => Ok(Resource::Other),
+        _ => Err(Error::at(
+            o,
+            Some("kind"),
+            format!(
+                "{kind} ({api_version}) is not an InferencePool or InferenceModel{}",
+                if ours {
+                    ""
+                } else {
+                    " (--skip-other-kinds skips objects of other APIs)"
+                }
+            ),
+        )),
+    }
+}
+
+fn string_field<'a>(o: &Origin, v: &'a Value, field: &str) -> Result<&'a str, Error> {
+    match v.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        None | Some(Value::Null) => Err(Error::at(o, Some(field), "missing")),
+        Some(_) => Err(Error::at(o, Some(field), "must be a non-empty string")),
+    }
+}
+
+/// `metadata.name` and `metadata.namespace` (or the default namespace).
+fn metadata(obj: &Object, default_namespace: &str) -> Result<(String, String), Error> {
+    let o = &obj.origin;
+    let meta = match obj.value.get("metadata") {
+        Some(m @ Value::Object(_)) => m,
+        None | Some(Value::Null) => return Err(Error::at(o, Some("metadata.name"), "missing")),
+        Some(_) => return Err(Error::at(o, Some("metadata"), "must be a mapping")),
+    };
+    let name = match meta.get("name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        None | Some(Value::Null) => return Err(Error::at(o, Some("metadata.name"), "missing")),
+        Some(_) => {
+            return Err(Error::at(
+                o,
+                Some("metadata.name"),
+                "must be a non-empty string",
+            ))
+        }
+    };
+    let namespace = match meta.get("namespace") {
+        None | Some(Value::Null) => default_namespace.to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(Error::at(
+                o,
+                Some("metadata.namespace"),
+                "must be a non-empty string",
+            ))
+        }
+    };
+    Ok((name, namespace))
+}
+
+/// The object's `spec` as `T`; an error names the field under `spec`.
+fn spec<T: DeserializeOwned>(obj: &Object) -> Result<T, Error> {
+    let o = &obj.origin;
+    let spec = match obj.value.get("spec") {
+        None | Some(Value::Null) => return Err(Error::at(o, Some("spec"), "missing")),
+        Some(s) => s,
+    };
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match path.as_str() {
+            "." | "?" | "" => "spec".to_string(),
+            p => format!("spec.{p}"),
+        };
+        Error::at(o, Some(&field), e.into_inner().to_string())
+    })
+}
+
+fn port(o: &Origin, field: &str, n: i64) -> Result<u16, Error> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(Error::at(
+            o,
+            Some(field),
+            format!("{n} is not a port number (1 to 65535)"),
+        )),
+    }
+}
+
+fn model(obj: &Object, namespace: String, spec: ModelSpec, v1alpha1: bool) -> Result<Model, Error> {
+    let o = &obj.origin;
+    if spec.model_name.is_empty() {
+        return Err(Error::at(o, Some("spec.modelName"), "must not be empty"));
+    }
+    let criticality = match spec.criticality.as_deref() {
+        None => None,
+        Some(c @ ("Critical" | "Sheddable")) => Some(c.to_string()),
+        // v1alpha1's middle level is `Default`; v1alpha2 renamed it `Standard`.
+        Some("Default") if v1alpha1 => Some("Standard".to_string()),
+        Some("Standard") if !v1alpha1 => Some("Standard".to_string()),
+        Some(other) => {
+            return Err(Error::at(
+                o,
+                Some("spec.criticality"),
+                format!(
+                    "\"{other}\" is not one of Critical, {}, Sheddable",
+                    if v1alpha1 { "Default" } else { "Standard" }
+                ),
+            ))
+        }
+    };
+    if let Some(group) = spec.pool_ref.group.as_deref() {
+        if group != X_GROUP && group != GROUP {
+            return Err(Error::at(
+                o,
+                Some("spec.poolRef.group"),
+                format!("\"{group}\" is not {X_GROUP} or {GROUP}"),
+            ));
+        }
+    }
+    if let Some(kind) = spec.pool_ref.kind.as_deref() {
+        if kind != "InferencePool" {
+            return Err(Error::at(
+                o,
+                Some("spec.poolRef.kind"),
+                format!("\"{kind}\" is not InferencePool"),
+            ));
+        }
+    }
+    if spec.pool_ref.name.is_empty() {
+        return Err(Error::at(o, Some("spec.poolRef.name"), "must not be empty"));
+    }
+    let list = spec.target_models.unwrap_or_default();
+    // Kubernetes does not tell an empty list from an absent one: served as named.
+    let targets = if list.is_empty() {
+        None
+    } else {
+        let weighted = list.iter().filter(|t| t.weight.is_some()).count();
+        if !v1alpha1 && weighted != 0 && weighted != list.len() {
+            return Err(Error::at(
+                o,
+                Some("spec.targetModels"),
+                "give a weight to every target model or to none",
+            ));
+        }
+        let mut targets: Vec<(String, Option<u32>)> = Vec::with_capacity(list.len());
+        for (j, t) in list.into_iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(Error::at(
+                    o,
+                    Some(&format!("spec.targetModels[{j}].name")),
+                    "must not be empty",
+                ));
+            }
+            if targets.iter().any(|(n, _)| *n == t.name) {
+                return Err(Error::at(
+                    o,
+                    Some(&format!("spec.targetModels[{j}].name")),
+                    format!("duplicate target model \"{}\"", t.name),
+                ));
+            }
+            // v1alpha1 defaults a missing weight to 1.
+            let weight = match t.weight {
+                None if v1alpha1 => Some(1),
+                None => None,
+                Some(w) => Some(
+                    u32::try_from(w)
+                        .ok()
+                        .filter(|&w| i64::from(w) <= MAX_WEIGHT)
+                        .ok_or_else(|| {
+                            Error::at(
+                                o,
+                                Some(&format!("spec.targetModels[{j}].weight")),
+                                format!("{w} is not an integer between 0 and {MAX_WEIGHT}"),
+                            )
+                        })?,
+                ),
+            };
+            targets.push((t.name, weight));
+        }
+        Some(targets)
+    };
+    Ok(Model {
+        origin: o.clone(),
+        namespace,
+        model_name: spec.model_name,
+        criticality,
+        targets,
+        pool_name: spec.pool_ref.name,
+    })
+}
+
+/// InferencePool `inference.networking.x-k8s.io/v1alpha1` and `v1alpha2`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PoolSpecAlpha {
+    selector: BTreeMap<String, String>,
+    target_port_number: i64,
+    /// The external endpoint picker: this plugin is the picker, so it is not used.
+    #[allow(dead_code)]
+    extension_ref: Option<IgnoredAny>,
+}
+
+/// InferencePool `inference.networking.k8s.io/v1`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PoolSpecV1 {
+    selector: SelectorV1,
+    target_ports: Vec<PortV1>,
+    /// HTTP/1.1 or h2c towards the pods: Envoy's cluster decides, not the document.
+    #[allow(dead_code)]
+    app_protocol: Option<IgnoredAny>,
+    endpoint_picker_ref: Option<PickerRefV1>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SelectorV1 {
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PortV1 {
+    number: i64,
+}
+
+/// Only `failureMode` is read; the picker's name, kind and port are the external picker's.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PickerRefV1 {
+    failure_mode: Option<String>,
+}
+
+/// InferenceModel `inference.networking.x-k8s.io/v1alpha1` and `v1alpha2`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ModelSpec {
+    model_name: String,
+    criticality: Option<String>,
+    target_models: Option<Vec<TargetSpec>>,
+    pool_ref: PoolRefSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TargetSpec {
+    name: String,
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PoolRefSpec {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+}
