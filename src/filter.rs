@@ -9,6 +9,7 @@
 //! `allow_on_headers_stop_iteration`); the reader lets them go on to the gate (`crate::gate`),
 //! which holds them, and sends it the header edits instead of making them.
 
+use crate::flow::{Flow, Ticket};
 use crate::gate::GateLink;
 use crate::host::{self, Envoy};
 use crate::stats as host_stats;
@@ -19,7 +20,7 @@ use router_core::config::{Config, FailureMode, ListModels};
 use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
 use router_core::pool::view::Members;
-use router_core::request::plan::{plan, Reply, RequestHeaders};
+use router_core::request::plan::{plan_admitted, Held, Reply, RequestHeaders};
 use router_core::scheduling::worker::WorkerScheduler;
 use router_core::stats::{self, RequestLabels, RequestMetric};
 use std::cell::RefCell;
@@ -32,23 +33,42 @@ pub const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
 
 /// What one worker's filter instances share: the configuration and the worker's scheduler.
 pub struct FilterState {
-    config: Config,
-    scheduler: WorkerScheduler,
+    pub(crate) config: Config,
+    pub(crate) scheduler: WorkerScheduler,
     /// Metric ids per metric and label set, so a request never builds a metric name once its
     /// label set has been seen.
     metric_ids: RefCell<host_stats::IdMap<(RequestMetric, RequestLabels), Option<u32>>>,
     /// Reader mode: how the decision reaches the gate.
     gate: GateLink,
+    /// `flowControl`: this worker's held requests.
+    flow: Option<Flow>,
 }
 
 impl FilterState {
     pub fn new(config: Config, seed: u64) -> FilterState {
+        let flow = config.flow_control.map(|settings| {
+            Flow::new(
+                settings,
+                config.pools.iter().map(|p| p.name.clone()).collect(),
+                &router_core::shared::Keys::new(&config.instance),
+                seed,
+            )
+        });
         let state = FilterState {
             scheduler: WorkerScheduler::new(&config, seed),
             config,
             metric_ids: RefCell::new(host_stats::IdMap::default()),
             gate: GateLink::default(),
+            flow,
         };
+        if let Some(flow) = &state.flow {
+            let mut priorities: Vec<i32> = state.config.models.iter().map(|m| m.priority).collect();
+            priorities.extend(state.config.objectives.iter().map(|o| o.priority));
+            priorities.push(state.config.default_priority);
+            priorities.sort_unstable();
+            priorities.dedup();
+            flow.ready_stats(&priorities);
+        }
         // The outcomes alerts watch exist at zero from the start, per pool, so `increase()` and
         // `rate()` see the first one rather than "no data".
         for pool in 0..state.config.pools.len() {
@@ -82,7 +102,7 @@ impl FilterState {
     }
 
     /// Count a request in `inference_router_requests_total` with its outcome.
-    fn count(&self, outcome: &'static str, labels: RequestLabels) {
+    pub(crate) fn count(&self, outcome: &'static str, labels: RequestLabels) {
         self.add(RequestMetric::Requests(outcome), labels, 1);
     }
 
@@ -106,11 +126,38 @@ impl FilterState {
         }
     }
 
+    pub(crate) fn flow(&self) -> Option<&Flow> {
+        self.flow.as_ref()
+    }
+
     /// Plan the request whose whole body is `body` and carry the plan out on the current stream:
     /// rewrite the body, set the routing headers (here, or through the reader's `gate`), or reply.
-    fn carry_out(&self, inputs: &Inputs, gate: Option<GateAddress>, body: &[u8]) -> Carried {
+    /// `arriving`: the request's context id when it has just arrived, and flow control (if on) is
+    /// asked whether it goes on now or is held.
+    pub(crate) fn carry_out(
+        &self,
+        inputs: &Inputs,
+        gate: Option<GateAddress>,
+        body: &[u8],
+        arriving: Option<u32>,
+    ) -> Carried {
         let config = &self.config;
-        let plan = plan(
+        let now = host::now_ms();
+        let flow = self.flow.as_ref().filter(|_| arriving.is_some());
+        let mut admit = |h: &Held| {
+            flow.is_none_or(|f| {
+                f.admits(
+                    self.scheduler.load(&Envoy, &Envoy, h.pool, now),
+                    h.pool,
+                    now,
+                )
+            })
+        };
+        let admit: Option<&mut dyn FnMut(&Held) -> bool> = match flow {
+            Some(_) => Some(&mut admit),
+            None => None,
+        };
+        let planned = plan_admitted(
             config,
             &self.scheduler,
             &Envoy,
@@ -122,8 +169,24 @@ impl FilterState {
                 objective: inputs.objective.as_deref(),
                 fairness: inputs.fairness.as_deref(),
             },
-            host::now_ms(),
+            now,
+            admit,
         );
+        let plan = match (planned, flow, arriving) {
+            (Ok(plan), _, _) => plan,
+            (Err(held), Some(flow), Some(id)) => {
+                return match self.hold(flow, id, inputs, gate, body.len(), held) {
+                    Some(ticket) => Carried::Held(ticket),
+                    None => Carried::Replied(Decided::default()),
+                }
+            }
+            (Err(held), _, _) => {
+                let reply = Reply::new(503, "service_unavailable", "request held");
+                let mut decided = self.send_reply(&reply, held.labels);
+                decided.requested_model = held.requested;
+                return Carried::Replied(decided);
+            }
+        };
         let route = match plan.action {
             Ok(route) => route,
             Err(reply) => {
@@ -242,8 +305,8 @@ pub enum Mode {
 
 /// A request's inputs to its decision: kept while it waits, so the decision can be made later
 /// from the worker's root context.
-#[derive(Default)]
-struct Inputs {
+#[derive(Default, Clone)]
+pub(crate) struct Inputs {
     mode: Option<Mode>,
     api: Option<InferenceApi>,
     had_content_length: bool,
@@ -271,16 +334,38 @@ pub struct Decided {
     endpoint: Option<String>,
 }
 
+impl Decided {
+    /// A request the filter answered itself.
+    pub(crate) fn replied(
+        labels: RequestLabels,
+        outcome: &'static str,
+        requested_model: Option<String>,
+    ) -> Decided {
+        Decided {
+            labels,
+            outcome,
+            inference: true,
+            requested_model,
+            ..Decided::default()
+        }
+    }
+}
+
 /// How a decision was carried out on the stream.
-enum Carried {
+pub(crate) enum Carried {
     /// Routed: the request goes on.
     Routed(Decided),
     /// Answered by the filter (the reply is sent).
     Replied(Decided),
+    /// Held by flow control: the decision comes later, through the ticket.
+    Held(Ticket),
 }
 
 pub struct InferenceFilter {
     state: Rc<FilterState>,
+    context_id: u32,
+    /// Held by flow control: where the decision will be left.
+    ticket: Option<Ticket>,
     /// An inference request whose body is being buffered.
     buffering: bool,
     inputs: Inputs,
@@ -296,9 +381,11 @@ pub struct InferenceFilter {
 }
 
 impl InferenceFilter {
-    pub fn new(state: Rc<FilterState>, mode: Mode) -> InferenceFilter {
+    pub fn new(state: Rc<FilterState>, mode: Mode, context_id: u32) -> InferenceFilter {
         InferenceFilter {
             state,
+            context_id,
+            ticket: None,
             buffering: false,
             inputs: Inputs {
                 mode: Some(mode),
@@ -341,7 +428,10 @@ impl InferenceFilter {
             _ => None,
         };
         self.buffering = false;
-        match self.state.carry_out(&self.inputs, gate, body) {
+        match self
+            .state
+            .carry_out(&self.inputs, gate, body, Some(self.context_id))
+        {
             Carried::Routed(decided) => {
                 self.decided = decided;
                 Action::Continue
@@ -350,6 +440,21 @@ impl InferenceFilter {
                 self.decided = decided;
                 Action::Pause
             }
+            // Envoy keeps the body; the root resumes the stream when it dispatches the request.
+            Carried::Held(ticket) => {
+                self.ticket = Some(ticket);
+                self.settle();
+                Action::Pause
+            }
+        }
+    }
+
+    /// Take a held request's decision once the root has made it.
+    fn settle(&mut self) {
+        let decided = self.ticket.as_ref().and_then(|t| t.borrow_mut().take());
+        if let Some(decided) = decided {
+            self.decided = decided;
+            self.ticket = None;
         }
     }
 
@@ -629,6 +734,7 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.settle();
         if !self.decided.routed {
             return Action::Continue;
         }
@@ -677,6 +783,11 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_log(&mut self) {
+        self.settle();
+        if self.ticket.take().is_some() {
+            // Still held: its client left.
+            self.state.abandon(self.context_id);
+        }
         // A response cut short still counts what it reported.
         self.finish_usage();
         if let Some((members, i)) = self.decided.counted.take() {

@@ -48,7 +48,12 @@ impl Gate {
                 context_id: 0,
                 instance: host::vm_instance(),
             },
-            timeout_ms: config.gate_timeout_ms,
+            // A reader with flow control may hold a request up to its longest wait first.
+            timeout_ms: config.gate_timeout_ms.saturating_add(
+                config
+                    .flow_control
+                    .map_or(0, |f| f.ttl_ms.max(f.no_endpoint_ttl_ms)),
+            ),
             failure_mode: config.failure_mode,
             waiting: RefCell::new(HashMap::new()),
         })

@@ -8,6 +8,7 @@
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod filter;
+mod flow;
 mod gate;
 mod host;
 mod plugin;

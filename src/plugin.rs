@@ -10,6 +10,7 @@
 //! | `inference-router-collector` | the singleton metrics collector ("service" mode) |
 
 use crate::filter::{FilterState, InferenceFilter, Mode};
+use crate::flow::FLOW_TICK;
 use crate::gate::{Gate, GateFilter};
 use crate::host::{self, Envoy};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -37,6 +38,8 @@ pub struct Plugin {
     /// Filter roles: is a collector publishing, with the same pools?
     coherence: Option<Coherence>,
     last_log_check_ms: u64,
+    /// The collector runs at its own period when flow control ticks faster.
+    last_collector_tick_ms: u64,
 }
 
 impl Plugin {
@@ -46,6 +49,7 @@ impl Plugin {
             collector: None,
             coherence: None,
             last_log_check_ms: 0,
+            last_collector_tick_ms: 0,
         }
     }
 
@@ -84,6 +88,9 @@ impl Plugin {
             .map_or(SLOW_TICK, |c| c.tick_period());
         if state.shares_prefixes() {
             period = period.min(SHARE_PERIOD);
+        }
+        if state.flow().is_some() {
+            period = period.min(FLOW_TICK);
         }
         self.set_tick_period(period);
         self.role = Role::Filter(Rc::new(state), mode);
@@ -193,13 +200,20 @@ impl RootContext for Plugin {
             report_memory();
         }
         if let Some(c) = self.collector.as_mut() {
-            c.on_tick(&Envoy, now);
+            let period = c.tick_period().as_millis() as u64;
+            if now.saturating_sub(self.last_collector_tick_ms) >= period {
+                self.last_collector_tick_ms = now;
+                c.on_tick(&Envoy, now);
+            }
         }
         if let Some(check) = self.coherence.as_mut() {
             check.check(&Envoy, &Envoy, now);
         }
         match &self.role {
-            Role::Filter(state, _) => state.share_prefixes(now),
+            Role::Filter(state, _) => {
+                state.share_prefixes(now);
+                state.on_flow_tick(now);
+            }
             Role::Gate(gate) => gate.on_tick(now),
             Role::None => {}
         }
@@ -213,7 +227,9 @@ impl RootContext for Plugin {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.role {
-            Role::Filter(state, mode) => Box::new(InferenceFilter::new(Rc::clone(state), *mode)),
+            Role::Filter(state, mode) => {
+                Box::new(InferenceFilter::new(Rc::clone(state), *mode, context_id))
+            }
             Role::Gate(gate) => Box::new(GateFilter::new(Rc::clone(gate), context_id)),
             // The SDK traps on None: a plugin configured as the collector (or not at all) but
             // inserted as an HTTP filter lets every request pass.

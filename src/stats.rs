@@ -92,3 +92,18 @@ pub fn define_histogram(name: &str) -> Option<u32> {
 pub fn record_id(id: u32, value: u64) {
     let _ = hostcalls::record_metric(id, value);
 }
+
+/// Add `delta` (negative: subtract) to a gauge. Each worker adds its own part, so the gauge is
+/// the sum over the Envoy's workers.
+pub fn gauge_add(name: &str, delta: i64) {
+    if let Some(id) = id(MetricType::Gauge, name) {
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+}
+
+/// Record a value in a histogram by name.
+pub fn record(name: &str, value: u64) {
+    if let Some(id) = id(MetricType::Histogram, name) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod collector;
 pub mod config;
+pub mod flow;
 pub mod fuzzing;
 pub mod gate;
 pub mod host;

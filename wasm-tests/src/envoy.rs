@@ -197,10 +197,17 @@ impl EnvoySpec {
 /// One rule per label the plugin puts in its metric names (`pool=.=P;.;…;.;name`, Istio's
 /// encoding), as shipped in envoy/envoy.yaml.
 pub fn stats_tags() -> Value {
-    let tags: Vec<Value> = ["pool", "model", "target_model", "endpoint", "outcome"]
-        .iter()
-        .map(|t| json!({"tag_name": t, "regex": format!("({t}=\\.=(.*?);\\.;)")}))
-        .collect();
+    let tags: Vec<Value> = [
+        "pool",
+        "model",
+        "target_model",
+        "endpoint",
+        "priority",
+        "outcome",
+    ]
+    .iter()
+    .map(|t| json!({"tag_name": t, "regex": format!("({t}=\\.=(.*?);\\.;)")}))
+    .collect();
     Value::Array(tags)
 }
 

@@ -96,6 +96,17 @@ pub struct Plan {
     pub action: Result<Route, Reply>,
 }
 
+/// A request flow control holds before its pick: what its queue needs.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub pool: usize,
+    pub priority: i32,
+    /// Its fairness id (`Route::fairness`).
+    pub flow: u64,
+    pub labels: RequestLabels,
+    pub requested: Option<String>,
+}
+
 /// Decide what to do with a request whose whole body is `body`. `headers`: the configured request
 /// headers, if sent; `api`: which inference API the path is.
 #[allow(clippy::too_many_arguments)]
@@ -109,14 +120,39 @@ pub fn plan(
     headers: RequestHeaders<'_>,
     now_ms: u64,
 ) -> Plan {
+    let admit_all: Option<&mut dyn FnMut(&Held) -> bool> = None;
+    plan_admitted(
+        config, scheduler, store, say, api, body, headers, now_ms, admit_all,
+    )
+    .unwrap_or_else(|held| Plan {
+        labels: held.labels,
+        requested: held.requested,
+        action: Err(Reply::new(503, "service_unavailable", "request held")),
+    })
+}
+
+/// `plan`, asking `admit` (flow control) before the pick whether a request bound for a pool goes
+/// on now; a request it refuses comes back as `Held`, to be planned again when dispatched.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_admitted(
+    config: &Config,
+    scheduler: &WorkerScheduler,
+    store: &(impl SharedStore + ?Sized),
+    say: &(impl Say + ?Sized),
+    api: Option<InferenceApi>,
+    body: &[u8],
+    headers: RequestHeaders<'_>,
+    now_ms: u64,
+    admit: Option<&mut dyn FnMut(&Held) -> bool>,
+) -> Result<Plan, Held> {
     let fields = match openai::scan_request(body) {
         Ok(f) => f,
         Err(e) => {
-            return Plan {
+            return Ok(Plan {
                 labels: RequestLabels::default(),
                 requested: None,
                 action: Err(Reply::new(400, "invalid_request_error", e.message())),
-            }
+            })
         }
     };
     let session = headers
@@ -124,15 +160,15 @@ pub fn plan(
         .or(fields.user.as_deref().map(str::as_bytes));
     let decision = decide_model(config, &fields.model, session, scheduler.random());
     let labels = RequestLabels::of(config, &decision);
-    let requested = Some(fields.model.to_string());
+    let mut requested = Some(fields.model.to_string());
     let (pool, target, priority, passthrough) = match decision {
         ModelDecision::Reject => {
             let msg = format!("The model `{}` does not exist.", fields.model);
-            return Plan {
+            return Ok(Plan {
                 labels,
                 requested,
                 action: Err(Reply::new(404, "NotFoundError", msg)),
-            };
+            });
         }
         ModelDecision::Passthrough { pool } => (pool, None, config.default_priority, true),
         ModelDecision::Fallback { pool, target } => {
@@ -161,6 +197,19 @@ pub fn plan(
             .filter(|f| !f.is_empty())
             .map_or(0, crate::rollout::stable_hash),
     };
+    if let (Some(pool), Some(admit)) = (pool, admit) {
+        let held = Held {
+            pool,
+            priority,
+            flow: route.fairness,
+            labels,
+            requested,
+        };
+        if !admit(&held) {
+            return Err(held);
+        }
+        requested = held.requested;
+    }
     if let Some(pool) = pool {
         // Only PREFIX_CACHE reads the prompt; other strategies never hash it.
         let prompt: &[u8] = match (&fields.prompt_span, config.strategy.needs_prefix()) {
@@ -188,11 +237,11 @@ pub fn plan(
             }
             Pick::Shed => {
                 let msg = format!("pool \"{name}\" is saturated; sheddable request dropped");
-                return Plan {
+                return Ok(Plan {
                     labels,
                     requested,
                     action: Err(Reply::new(429, "rate_limit_exceeded", msg)),
-                };
+                });
             }
             // Nothing is known of a discovered pool until its collector publishes it: failing
             // open leaves the pick to the cluster's own load balancing.
@@ -203,19 +252,19 @@ pub fn plan(
                 let msg = format!(
                     "no members of pool \"{name}\" known yet: no collector has published its discovery"
                 );
-                return Plan {
+                return Ok(Plan {
                     labels,
                     requested,
                     action: Err(Reply::new(503, "service_unavailable", msg)),
-                };
+                });
             }
             Pick::Unavailable => {
                 let msg = format!("no endpoint available in pool \"{name}\"");
-                return Plan {
+                return Ok(Plan {
                     labels,
                     requested,
                     action: Err(Reply::new(503, "service_unavailable", msg)),
-                };
+                });
             }
         }
     }
@@ -227,11 +276,11 @@ pub fn plan(
             Some(InferenceApi::Completions | InferenceApi::ChatCompletions)
         );
     route.body = openai::plan_body_edit(body, &fields, target, ask_usage);
-    Plan {
+    Ok(Plan {
         labels,
         requested,
         action: Ok(route),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -371,6 +420,49 @@ mod tests {
         assert_ne!(a.fairness, b.fairness);
         assert_eq!(a.fairness, run_with(None, Some(b"tenant-a")).fairness);
         assert_eq!(run_with(None, None).fairness, 0);
+    }
+
+    #[test]
+    fn flow_control_is_asked_before_the_pick_and_a_held_request_is_not_counted() {
+        let c = config(r#","objectives":[{"name":"gold","priority":7}]"#);
+        let host = MemHost::default();
+        let s = WorkerScheduler::new(&c, 7);
+        let headers = RequestHeaders {
+            session: None,
+            objective: Some(b"gold"),
+            fairness: Some(b"t"),
+        };
+        let mut asked = Vec::new();
+        let mut run = |body: &[u8], go: bool| {
+            let mut admit = |h: &Held| {
+                asked.push((h.pool, h.priority));
+                go
+            };
+            plan_admitted(
+                &c,
+                &s,
+                &host,
+                &host,
+                None,
+                body,
+                headers,
+                0,
+                Some(&mut admit),
+            )
+        };
+        let held = run(br#"{"model":"lora","prompt":"x"}"#, false).unwrap_err();
+        assert_eq!((held.pool, held.priority), (0, 7));
+        assert_eq!(held.requested.as_deref(), Some("lora"));
+        assert_ne!(held.flow, 0);
+        assert!(run(br#"{"model":"lora","prompt":"x"}"#, true)
+            .unwrap()
+            .action
+            .is_ok());
+        // Bad bodies are answered, never held; nor is a passthrough with no pool.
+        assert_eq!(run(b"{", false).unwrap().action.unwrap_err().status, 400);
+        let passthrough = run(br#"{"model":"nope"}"#, false).unwrap().action.unwrap();
+        assert_eq!(passthrough.outcome, "passthrough");
+        assert_eq!(asked, vec![(0, 7), (0, 7)]);
     }
 
     #[test]

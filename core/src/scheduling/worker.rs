@@ -4,9 +4,10 @@
 //! configured strategy and counts the pick, atomically across workers.
 
 use super::prefix_share::{PrefixShare, SHARE_PERIOD};
+use super::scorers::effective_queue;
 use super::{
-    endpoint_id, least_request, random, round_robin, schedule_claiming, AdapterClaims, Candidate,
-    Decision, PrefixIndex, Profile, Rng, SchedulingRequest, Strategy, TargetKind,
+    endpoint_id, is_fresh, least_request, random, round_robin, schedule_claiming, AdapterClaims,
+    Candidate, Decision, PrefixIndex, Profile, Rng, SchedulingRequest, Strategy, TargetKind,
 };
 use crate::config::{Config, Criticality, FailureMode};
 use crate::host::{Level, Say, SharedStore};
@@ -40,6 +41,32 @@ pub enum Pick {
     Unavailable,
     /// A discovered pool whose members no collector has published yet: nothing is known.
     MembersUnknown,
+}
+
+/// Whether a pool can take one more request now, for flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// A fresh endpoint has headroom counting this gateway's picks since its scrape.
+    Yes,
+    /// Fresh endpoints, none with headroom: saturated.
+    Full,
+    /// The pool has no endpoints (the scale-from-zero waiting room).
+    NoEndpoints,
+    /// Nothing fresh is known (no metrics, a metrics outage, members not yet discovered): the
+    /// pick's own failure handling (`failureMode`) decides, as without flow control.
+    Unknown,
+}
+
+/// A pool's room and its saturation: the average over fresh endpoints of
+/// max(queue / queueDepth, KV use / kvCacheUsage), queue counting this gateway's open picks
+/// since the scrape (≥ 1: no endpoint has headroom on average).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolLoad {
+    pub room: Room,
+    pub saturation: Option<f64>,
+    /// Requests the pool takes before it is full again: over endpoints with room,
+    /// queueDepth + 1 − queue (0 unless `room` is Yes).
+    pub slots: u64,
 }
 
 struct PoolState {
@@ -138,6 +165,68 @@ impl WorkerScheduler {
     ) -> Option<Rc<Members>> {
         let p = self.pools.get(pool)?;
         Some(p.view.members(store, say, self.strategy.needs_metrics()))
+    }
+
+    /// How loaded `pool` is now: the published states plus the picks every worker made since
+    /// each endpoint's scrape (the shared counters), so workers holding requests see each
+    /// other's dispatches at once.
+    pub fn load(
+        &self,
+        store: &(impl SharedStore + ?Sized),
+        say: &(impl Say + ?Sized),
+        pool: usize,
+        now_ms: u64,
+    ) -> PoolLoad {
+        let unknown = PoolLoad {
+            room: Room::Unknown,
+            saturation: None,
+            slots: 0,
+        };
+        let Some(p) = self.pools.get(pool) else {
+            return unknown;
+        };
+        let members = p.view.members(store, say, self.strategy.needs_metrics());
+        if members.endpoints.is_empty() {
+            if p.discovered && !p.view.has_snapshot() {
+                return unknown;
+            }
+            return PoolLoad {
+                room: Room::NoEndpoints,
+                saturation: None,
+                slots: 0,
+            };
+        }
+        let counts = members.counters.load(store);
+        let t = &self.profile.saturation;
+        let (mut fresh, mut sum, mut slots) = (0u32, 0.0f64, 0u64);
+        for (i, state) in members.states.iter().enumerate() {
+            let Some(s) = state.as_ref() else { continue };
+            if !is_fresh(Some(s), now_ms, p.staleness_ms) {
+                continue;
+            }
+            let picks = counts.picks.get(i).copied().unwrap_or(0);
+            let in_flight = counts.in_flight.get(i).copied().unwrap_or(0);
+            let queue = effective_queue(s, picks.wrapping_sub(s.picks_at_scrape), in_flight);
+            let kv = if s.kv_cache_usage.is_finite() {
+                f64::from(s.kv_cache_usage)
+            } else {
+                1.0
+            };
+            fresh += 1;
+            sum += (queue as f64 / f64::from(t.queue_depth.max(1)))
+                .max(kv / f64::from(t.kv_cache_usage).max(0.01));
+            if queue <= u64::from(t.queue_depth) && kv <= f64::from(t.kv_cache_usage) {
+                slots += u64::from(t.queue_depth) + 1 - queue;
+            }
+        }
+        if fresh == 0 {
+            return unknown;
+        }
+        PoolLoad {
+            room: if slots > 0 { Room::Yes } else { Room::Full },
+            saturation: Some(sum / f64::from(fresh)),
+            slots,
+        }
     }
 
     /// Pick an endpoint of `pool` by the configured strategy and count it.
@@ -333,5 +422,60 @@ mod tests {
                 "{strategy}"
             );
         }
+    }
+
+    #[test]
+    fn load_counts_picks_since_the_scrape_and_no_fresh_metrics_is_unknown() {
+        use crate::pool::EndpointState;
+        use crate::shared::{encode, encode_version, Keys, Snapshot};
+        let cfg =
+            Config::parse(br#"{"pools":[{"name":"p","endpoints":["10.0.0.1:80","10.0.0.2:80"]}]}"#)
+                .unwrap();
+        let host = MemHost::default();
+        let w = WorkerScheduler::new(&cfg, 1);
+        assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Unknown);
+        let keys = Keys::new(&cfg.instance);
+        let publish = |waiting: [u32; 2], kv: f32, version: u64| {
+            let state = |w| EndpointState {
+                waiting: w,
+                kv_cache_usage: kv,
+                last_scrape_ms: 1_000,
+                ..EndpointState::default()
+            };
+            let s = Snapshot {
+                version,
+                generation: 0,
+                endpoints: vec![
+                    ("10.0.0.1:80".to_string(), state(waiting[0])),
+                    ("10.0.0.2:80".to_string(), state(waiting[1])),
+                ],
+            };
+            host.store.put(&keys.snapshot("p"), &encode(&s));
+            host.store.put(&keys.version("p"), &encode_version(version));
+        };
+        publish([10, 0], 0.1, 1);
+        let load = w.load(&*host.store, &host, 0, 1_000);
+        assert_eq!(load.room, Room::Yes);
+        assert_eq!(
+            load.slots, 6,
+            "the idle endpoint takes six, the busy one none"
+        );
+        // (10/5 + 0.1/0.8) / 2
+        assert!((load.saturation.unwrap() - 1.0625).abs() < 1e-6);
+        // Six open picks since the scrape fill the idle endpoint's headroom (queue depth 5).
+        for _ in 0..6 {
+            assert!(matches!(
+                w.pick(&*host.store, &host, 0, &facts(), 1_000),
+                Pick::Endpoint { index: 1, .. }
+            ));
+        }
+        assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Full);
+        publish([0, 0], 0.9, 2);
+        assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Full, "KV");
+        assert_eq!(
+            w.load(&*host.store, &host, 0, 60_000).room,
+            Room::Unknown,
+            "stale"
+        );
     }
 }

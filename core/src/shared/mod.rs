@@ -68,6 +68,11 @@ impl Keys {
     pub fn journal(&self, pool: &str) -> String {
         self.pool_key("journal", pool)
     }
+
+    /// Flow control: the highest priority each worker holds for the pool (`flow::waiting`).
+    pub fn waiting(&self, pool: &str) -> String {
+        self.pool_key("waiting", pool)
+    }
 }
 
 const VERSION_MAGIC: &[u8; 4] = b"IRV1";

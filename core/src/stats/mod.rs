@@ -37,8 +37,26 @@ pub const GATE_READER_MISSING_TOTAL: &str = "inference_router_gate_reader_missin
 /// Reader role: decisions made with no gate on the request's filter chain to carry them out.
 pub const READER_GATE_MISSING_TOTAL: &str = "inference_router_reader_gate_missing_total";
 
+/// Flow control: requests waiting in this Envoy's queues, per pool and priority.
+pub const FLOW_QUEUE_REQUESTS: &str = "inference_router_flow_queue_requests";
+/// Flow control: their body bytes.
+pub const FLOW_QUEUE_BYTES: &str = "inference_router_flow_queue_bytes";
+/// Flow control: how long a request waited before it was dispatched or dropped (ms).
+pub const FLOW_QUEUE_WAIT_MS: &str = "inference_router_flow_queue_wait_ms";
+/// Flow control: held requests by how they left the queue (`flow::OUTCOMES`).
+pub const FLOW_REQUESTS_TOTAL: &str = "inference_router_flow_requests_total";
+/// Flow control: the pool's saturation × 1000 (`WorkerScheduler::load`; ≥ 1000 saturated).
+pub const POOL_SATURATION_PERMILLE: &str = "inference_router_pool_saturation_permille";
+
 /// The labels every shipped `stats_tags` rule knows, in the order names carry them.
-pub const LABELS: [&str; 5] = ["pool", "model", "target_model", "endpoint", "outcome"];
+pub const LABELS: [&str; 6] = [
+    "pool",
+    "model",
+    "target_model",
+    "endpoint",
+    "priority",
+    "outcome",
+];
 
 /// `k=.=v;.;…name`. Label values are cleaned of the separators (`;` and `=`), so a value can never
 /// open a label of its own.
