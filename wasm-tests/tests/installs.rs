@@ -806,3 +806,92 @@ async fn istio_wasmplugin_trailers_end_the_body() {
 async fn envoy_gateway_trailers_end_the_body() {
     trailers_end_the_body(EnvoyGateway).await;
 }
+
+// ---- Flow control through the reader and the gate ----------------------------------------------
+
+/// Requests held for the pool by flow control, summed over workers, from admin `/stats` (the
+/// installs' stats tags differ per control plane; the flat names all start the same).
+async fn held(running: &Running) -> u64 {
+    let text = running
+        .envoy
+        .admin_get("/stats?filter=inference_router_flow_queue_requests")
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| {
+            l.rsplit_once(": ")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+async fn wait_held(running: &Running, n: u64) {
+    let deadline = Instant::now() + PROMPT;
+    while held(running).await != n {
+        assert!(Instant::now() < deadline, "never {n} held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With `flowControl` in the reader's (and the gate's) document, a request for a saturated pool
+/// waits in the reader — the gate waits with it — and goes on once the pod has room; one that
+/// waits past the TTL gets the 429 that says why.
+async fn flow_control_holds_in_the_reader(install: Install) {
+    let pods = pods(1).await;
+    pods[0].pin(&load(50, 0.1));
+    let mut m = install.manifests();
+    let flow = json!({"enabled": true, "ttlMs": 1500});
+    install.reader_config(&mut m)["flowControl"] = flow.clone();
+    install.gate_config(&mut m)["flowControl"] = flow;
+    let running = start(install, &m, &addrs(&pods)).await;
+    wait_scraped(&pods, 3).await;
+    let client = running.client().unwrap();
+
+    let started = Instant::now();
+    let r = client
+        .post("/v1/completions", completion("lora-request", 2), &[])
+        .await
+        .unwrap();
+    assert_error(
+        &format!("{install:?} held past the TTL"),
+        r.status,
+        &r.body,
+        429,
+    );
+    assert_eq!(
+        r.header("x-inference-router-dropped-reason"),
+        Some("ttl_expired")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+
+    let held_request = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .post("/v1/completions", completion("lora-request", 2), &[])
+                .await
+                .unwrap()
+        })
+    };
+    wait_held(&running, 1).await;
+    assert_eq!(
+        pods[0].request_count(),
+        0,
+        "nothing reached the pod while held"
+    );
+    pods[0].unpin();
+    let r = held_request.await.unwrap();
+    assert_eq!(r.status, 200, "{install:?}: {}", r.text());
+    assert_eq!(pods[0].request_count(), 1);
+    wait_held(&running, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_wasmplugin_flow_control_holds_in_the_reader() {
+    flow_control_holds_in_the_reader(IstioWasmPlugin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_flow_control_holds_in_the_reader() {
+    flow_control_holds_in_the_reader(EnvoyGateway).await;
+}
