@@ -65,6 +65,10 @@ const NOT_DRIVEN: &[(&str, &str)] = &[
         "InferenceRouterUnavailable",
         "needs a pool without endpoints",
     ),
+    (
+        "InferenceFlowQueueWaitHigh",
+        "held requests here wait at most the 200 ms ttlMs, far under the 10 s threshold",
+    ),
 ];
 
 fn no_data_reason(q: &prom::PanelQuery) -> Option<&'static str> {
@@ -151,6 +155,9 @@ fn plugin_config(eps: &[String]) -> Value {
         "defaultPool": POOL,
         "unknownModels": "reject",
         "scheduling": {"strategy": "DEFAULT"},
+        // Flow control on, with a short wait: Sheddable requests to the saturated pool are held,
+        // then answered 429 (ttl_expired), so its panels and alerts have data too.
+        "flowControl": {"enabled": true, "ttlMs": 200},
     })
 }
 
