@@ -149,6 +149,7 @@ impl FilterState {
                 f.admits(
                     self.scheduler.load(&Envoy, &Envoy, h.pool, now),
                     h.pool,
+                    h.priority,
                     now,
                 )
             })

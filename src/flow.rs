@@ -157,17 +157,17 @@ impl Flow {
         name_with_labels(metric, &labels)
     }
 
-    /// Whether a request for `pool` goes on now: nothing of the pool is queued here or on
-    /// another worker (so it does not pass those that are) and the pool has room, or nothing
-    /// fresh is known of it.
-    pub fn admits(&self, load: PoolLoad, pool: usize, now_ms: u64) -> bool {
+    /// Whether a request of `priority` for `pool` goes on now: nothing of the pool is queued here
+    /// or on another worker (so it does not pass those that are) and the pool has room for it, or
+    /// nothing fresh is known of it.
+    pub fn admits(&self, load: PoolLoad, pool: usize, priority: i32, now_ms: u64) -> bool {
         let queued = self
             .queues
             .borrow()
             .get(pool)
             .is_some_and(|q| !q.is_empty());
         !queued
-            && matches!(load.room, Room::Yes | Room::Unknown)
+            && matches!(load.room_for(priority).0, Room::Yes | Room::Unknown)
             && self.others(pool, now_ms).is_empty()
     }
 
@@ -385,15 +385,20 @@ impl FilterState {
                 .iter()
                 .filter(|&&p| top_here.is_some_and(|t| p >= t))
                 .count() as u64;
-            let mut budget = match load.room {
-                Room::Yes => load.slots.div_ceil(sharing),
+            let mut budget = match load.room_for(top_here.unwrap_or(0)) {
+                (Room::Yes, slots) => slots.div_ceil(sharing),
                 _ => u64::MAX,
             };
-            while matches!(load.room, Room::Yes | Room::Unknown) && budget > 0 {
+            while budget > 0 {
                 budget -= 1;
                 let mut queues = flow.queues.borrow_mut();
                 let Some(q) = queues.get_mut(pool) else { break };
-                if others_top.is_some_and(|o| q.top_priority().is_some_and(|t| t < o)) {
+                let Some(top) = q.top_priority() else { break };
+                if others_top.is_some_and(|o| top < o) {
+                    break;
+                }
+                // Sheddable bands go only into capacity to spare (`has_spare_room`).
+                if !matches!(load.room_for(top).0, Room::Yes | Room::Unknown) {
                     break;
                 }
                 let next = q.pop();

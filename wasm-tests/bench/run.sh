@@ -8,7 +8,8 @@
 #      poolN    plain / ROUND_ROBIN / RANDOM / LEAST_REQUEST / DEFAULT / PREFIX_CACHE (the last two
 #               with the collector) over N = 8, 64, 512 pods; the collector alone with no traffic
 # 4. sched: scheduling quality, every strategy × three workloads against 8 simulated vLLM pods
-#    (`sched-bench`, wasm-tests/src/schedbench), round-robin and an oracle as references.
+#    (`sched-bench`, wasm-tests/src/schedbench), round-robin and an oracle as references; then the
+#    overload workload with flow control off and on (2 pods, arrivals at twice their capacity).
 # The results go to docs/benchmarks.md, between the generated sections' markers, plots to docs/bench/.
 #
 # Run from the repo root after `make build` (needs dist/inference_router.wasm
@@ -215,6 +216,11 @@ if ((RUN_SCHED)); then
   [[ -n $NGINX_PID ]] && { kill "$NGINX_PID" 2>/dev/null || true; }
   echo "bench: scheduling quality: target/release/sched-bench --out $WORK/sched.json ${SCHED[*]}"
   target/release/sched-bench --out "$WORK/sched.json" "${SCHED[@]}" || die "sched-bench failed"
+  # Flow control under overload: the same arrivals with flowControl off and on (docs/benchmarks.md).
+  OVERLOAD=(--workloads overload --strategies DEFAULT,DEFAULT+flowControl --pods 2 --time-scale 0.5
+            --overload-rate 28 --overload-seconds "$( [[ ${BENCH_QUICK:-0} == 1 ]] && echo 30 || echo 60)")
+  echo "bench: flow control under overload: target/release/sched-bench --out $WORK/overload.json ${OVERLOAD[*]}"
+  target/release/sched-bench --out "$WORK/overload.json" "${OVERLOAD[@]}" || die "sched-bench overload failed"
 fi
 
 # --- 8. report

@@ -97,6 +97,7 @@ async fn a_small_run_serves_every_request_with_every_strategy() {
         scrape_interval_ms: 20,
         sample_every_s: 1.0,
         scheduling_extra: None,
+        flow_control: serde_json::json!({"enabled": true}),
     };
     let scale = Scale {
         random_prompts: 12,

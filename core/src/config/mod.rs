@@ -318,8 +318,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         None => Strategy::Default,
         Some(s) => Strategy::parse(s).map_err(|m| err("scheduling.strategy", m))?,
     };
-    let profile = Profile::from_config(strategy, &raw.scheduling)
+    let mut profile = Profile::from_config(strategy, &raw.scheduling)
         .map_err(|(f, m)| err(format!("scheduling.{f}"), m))?;
+    profile.saturation.flow_control = flow_control.is_some();
 
     let collector = match raw.collector.mode.as_deref() {
         None | Some("service") => CollectorMode::Service,

@@ -34,6 +34,23 @@ pub fn has_headroom(s: &EndpointState, t: &Saturation) -> bool {
         && s.kv_cache_usage <= t.kv_cache_usage
 }
 
+/// Room, for flow control's dispatch of a request of priority ≥ 0: the engine's queue, counting
+/// this gateway's picks since the scrape (`queue`), is within `queue_depth`. KV cache use does not
+/// gate these: an engine queues requests when its cache runs out, so the queue bound already
+/// holds back what a full cache cannot take, and vLLM runs its cache near full under load — a KV
+/// threshold held Critical requests in the gateway until a pod drained (docs/benchmarks.md,
+/// overload workload).
+pub fn has_room(queue: u64, t: &Saturation) -> bool {
+    queue <= u64::from(t.queue_depth)
+}
+
+/// Room for a Sheddable request under flow control: room, and the KV cache within
+/// `kv_cache_usage` too — sheddable work only takes capacity to spare, so it never drives the
+/// engines into preemption at the expense of the bands above it.
+pub fn has_spare_room(s: &EndpointState, queue: u64, t: &Saturation) -> bool {
+    has_room(queue, t) && s.kv_cache_usage.is_finite() && s.kv_cache_usage <= t.kv_cache_usage
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +72,27 @@ mod tests {
         s.last_scrape_ms = 0;
         assert!(!is_fresh(Some(&s), 1_000, 2_000), "never scraped");
         assert!(!is_fresh(None, 1_000, 2_000));
+    }
+
+    #[test]
+    fn room_for_flow_control() {
+        let t = Saturation::default();
+        let s = |waiting, kv| EndpointState {
+            waiting,
+            kv_cache_usage: kv,
+            ..Default::default()
+        };
+        assert!(has_room(5, &t), "within the bound, whatever the cache");
+        assert!(!has_room(6, &t), "our picks since the scrape count");
+        assert!(has_spare_room(&s(0, 0.8), 5, &t));
+        assert!(
+            !has_spare_room(&s(0, 0.81), 0, &t),
+            "sheddable work needs cache to spare"
+        );
+        assert!(
+            !has_spare_room(&s(0, f32::NAN), 0, &t),
+            "unknown KV counts as full"
+        );
     }
 
     #[test]

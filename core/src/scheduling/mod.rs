@@ -18,7 +18,7 @@ pub mod scorers;
 pub mod worker;
 
 pub use claims::{adapter_hash, AdapterClaims, Claim, CLAIMS_PER_ENDPOINT, ENCODED_LEN};
-pub use filters::{has_headroom, is_fresh};
+pub use filters::{has_headroom, has_room, has_spare_room, is_fresh};
 pub use picker::{least_request, random, round_robin, MaxPicker};
 pub use prefix::{endpoint_id, prefix_hashes, ImportError, PrefixIndex, PREFIX_BUDGET_BLOCKS};
 pub use profile::{

@@ -39,6 +39,9 @@ impl Default for Weights {
 pub struct Saturation {
     pub queue_depth: u32,
     pub kv_cache_usage: f32,
+    /// `flowControl` is on: the queue holds requests until an endpoint has room
+    /// (`filters::has_room`), the pick sends them only where there is room and sheds nothing.
+    pub flow_control: bool,
 }
 
 impl Default for Saturation {
@@ -47,6 +50,7 @@ impl Default for Saturation {
         Saturation {
             queue_depth: 5,
             kv_cache_usage: 0.8,
+            flow_control: false,
         }
     }
 }
@@ -273,6 +277,7 @@ impl Profile {
             saturation: Saturation {
                 queue_depth,
                 kv_cache_usage,
+                flow_control: false,
             },
             prefix,
         })

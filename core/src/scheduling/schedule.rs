@@ -5,7 +5,7 @@
 //! 2. scoring each candidate and picking the maximum, random tie-break.
 
 use super::claims::{adapter_hash, Claim};
-use super::filters::{has_headroom, is_fresh, scraped_within};
+use super::filters::{has_headroom, has_room, has_spare_room, is_fresh, scraped_within};
 use super::picker::MaxPicker;
 use super::{scorers, PrefixIndex, Profile, Rng, Strategy};
 use crate::config::{Criticality, FailureMode};
@@ -100,6 +100,17 @@ impl Ranges {
     }
 }
 
+/// Whether an endpoint can take the request: without flow control, headroom (scraped queue and
+/// KV within the thresholds); with it, the room flow control dispatched it into.
+fn room_for(profile: &Profile, criticality: Criticality, s: &EndpointState, queue: u64) -> bool {
+    let t = &profile.saturation;
+    match (t.flow_control, criticality) {
+        (false, _) => has_headroom(s, t),
+        (true, Criticality::Sheddable) => has_spare_room(s, queue, t),
+        (true, _) => has_room(queue, t),
+    }
+}
+
 /// What the filters found and the candidates' ranges: everything scoring needs besides one
 /// endpoint's own numbers.
 struct Pass<'a> {
@@ -161,7 +172,8 @@ impl<'a> Pass<'a> {
             any_fresh = true;
             let q = scorers::effective_queue(s, c.picks_since_scrape, c.in_flight);
             fresh_ranges.add(q, c.in_flight);
-            if has_headroom(s, &profile.saturation) {
+            let room = room_for(profile, req.criticality, s, q);
+            if room {
                 any_headroom = true;
                 room_ranges.add(q, c.in_flight);
             }
@@ -173,7 +185,10 @@ impl<'a> Pass<'a> {
         }
         .map(|a| (a, hash));
         let saturated = any_fresh && !any_headroom;
-        let headroom_only = req.criticality == Criticality::Sheddable && !saturated;
+        // Flow control let the request go because some endpoint has room: it goes to one.
+        let headroom_only = (profile.saturation.flow_control
+            || req.criticality == Criticality::Sheddable)
+            && !saturated;
         Pass {
             profile,
             req,
@@ -203,7 +218,10 @@ impl<'a> Pass<'a> {
         } else {
             is_fresh(Some(s), self.req.now_ms, self.req.staleness_ms)
         };
-        let room = !self.headroom_only || has_headroom(s, &self.profile.saturation);
+        let room = !self.headroom_only || {
+            let q = scorers::effective_queue(s, c.picks_since_scrape, c.in_flight);
+            room_for(self.profile, self.req.criticality, s, q)
+        };
         (fresh && room).then_some(s)
     }
 
@@ -329,7 +347,11 @@ pub fn schedule_claiming(
             FailureMode::FailClose => (Decision::Unavailable, None),
         };
     }
-    if pass.saturated && request.criticality == Criticality::Sheddable {
+    // With flow control the queue sheds (a full band, a wait past its TTL), not the pick.
+    if pass.saturated
+        && request.criticality == Criticality::Sheddable
+        && !profile.saturation.flow_control
+    {
         return (Decision::Shed, None);
     }
     let mut picker = MaxPicker::new();

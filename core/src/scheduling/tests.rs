@@ -365,6 +365,34 @@ fn a_saturated_pool_sheds_only_sheddable() {
     );
 }
 
+#[test]
+fn under_flow_control_the_pick_sends_only_where_there_is_room_and_sheds_nothing() {
+    let mut profile = Profile::default();
+    profile.saturation.flow_control = true;
+    let go = |states: &[EndpointState], criticality| {
+        let req = SchedulingRequest {
+            criticality,
+            ..request("m")
+        };
+        schedule(&profile, &req, &candidates(states), None, &mut Rng::new(1))
+    };
+    let at = |endpoint| Decision::Pick {
+        endpoint,
+        fail_open: false,
+    };
+    // Room is a queue within the bound, whatever the cache: the endpoints with KV to spare but
+    // six waiting are left out, though they score better.
+    let states = [pod(5, 0.95), pod(6, 0.0), pod(6, 0.0)];
+    assert_eq!(go(&states, Criticality::Standard), at(0));
+    // Sheddable work only takes capacity to spare: the cache within its threshold too.
+    let states = [pod(0, 0.95), pod(4, 0.5), pod(6, 0.0)];
+    assert_eq!(go(&states, Criticality::Sheddable), at(1));
+    assert_ne!(go(&states, Criticality::Standard), at(2));
+    // No room anywhere (the queue decided otherwise a moment ago): routed to the best, not shed.
+    let states = [pod(6, 0.5), pod(1, 0.85), pod(9, 0.95)];
+    assert_eq!(go(&states, Criticality::Sheddable), at(1));
+}
+
 /// `picks` sequential decisions, each pick raising the picked endpoint's picks-since-scrape and
 /// in-flight count as the host does through shared data; no scrape in between. Returns the picks
 /// per endpoint.

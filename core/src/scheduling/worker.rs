@@ -6,8 +6,9 @@
 use super::prefix_share::{PrefixShare, SHARE_PERIOD};
 use super::scorers::effective_queue;
 use super::{
-    endpoint_id, is_fresh, least_request, random, round_robin, schedule_claiming, AdapterClaims,
-    Candidate, Decision, PrefixIndex, Profile, Rng, SchedulingRequest, Strategy, TargetKind,
+    endpoint_id, has_room, has_spare_room, is_fresh, least_request, random, round_robin,
+    schedule_claiming, AdapterClaims, Candidate, Decision, PrefixIndex, Profile, Rng,
+    SchedulingRequest, Strategy, TargetKind,
 };
 use crate::config::{Config, Criticality, FailureMode};
 use crate::host::{Level, Say, SharedStore};
@@ -67,6 +68,24 @@ pub struct PoolLoad {
     /// Requests the pool takes before it is full again: over endpoints with room,
     /// queueDepth + 1 − queue (0 unless `room` is Yes).
     pub slots: u64,
+    /// The same for Sheddable requests: over endpoints whose KV cache is within the threshold too.
+    pub spare_slots: u64,
+}
+
+impl PoolLoad {
+    /// The room for a request of `priority`: below zero (Sheddable) only capacity to spare.
+    pub fn room_for(&self, priority: i32) -> (Room, u64) {
+        let slots = if priority < 0 {
+            self.spare_slots
+        } else {
+            self.slots
+        };
+        match self.room {
+            Room::Yes | Room::Full if slots > 0 => (Room::Yes, slots),
+            Room::Yes | Room::Full => (Room::Full, 0),
+            other => (other, 0),
+        }
+    }
 }
 
 struct PoolState {
@@ -181,6 +200,7 @@ impl WorkerScheduler {
             room: Room::Unknown,
             saturation: None,
             slots: 0,
+            spare_slots: 0,
         };
         let Some(p) = self.pools.get(pool) else {
             return unknown;
@@ -194,11 +214,12 @@ impl WorkerScheduler {
                 room: Room::NoEndpoints,
                 saturation: None,
                 slots: 0,
+                spare_slots: 0,
             };
         }
         let counts = members.counters.load(store);
         let t = &self.profile.saturation;
-        let (mut fresh, mut sum, mut slots) = (0u32, 0.0f64, 0u64);
+        let (mut fresh, mut sum, mut slots, mut spare_slots) = (0u32, 0.0f64, 0u64, 0u64);
         for (i, state) in members.states.iter().enumerate() {
             let Some(s) = state.as_ref() else { continue };
             if !is_fresh(Some(s), now_ms, p.staleness_ms) {
@@ -215,8 +236,11 @@ impl WorkerScheduler {
             fresh += 1;
             sum += (queue as f64 / f64::from(t.queue_depth.max(1)))
                 .max(kv / f64::from(t.kv_cache_usage).max(0.01));
-            if queue <= u64::from(t.queue_depth) && kv <= f64::from(t.kv_cache_usage) {
+            if has_room(queue, t) {
                 slots += u64::from(t.queue_depth) + 1 - queue;
+            }
+            if has_spare_room(s, queue, t) {
+                spare_slots += u64::from(t.queue_depth) + 1 - queue;
             }
         }
         if fresh == 0 {
@@ -226,6 +250,7 @@ impl WorkerScheduler {
             room: if slots > 0 { Room::Yes } else { Room::Full },
             saturation: Some(sum / f64::from(fresh)),
             slots,
+            spare_slots,
         }
     }
 
@@ -470,8 +495,14 @@ mod tests {
             ));
         }
         assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Full);
-        publish([0, 0], 0.9, 2);
-        assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Full, "KV");
+        publish([0, 6], 0.9, 2);
+        assert_eq!(
+            w.load(&*host.store, &host, 0, 1_000).room,
+            Room::Yes,
+            "a full cache with a short queue has room"
+        );
+        publish([6, 6], 0.1, 3);
+        assert_eq!(w.load(&*host.store, &host, 0, 1_000).room, Room::Full);
         assert_eq!(
             w.load(&*host.store, &host, 0, 60_000).room,
             Room::Unknown,

@@ -24,6 +24,9 @@ struct Args {
     prefix_rate: Option<f64>,
     concurrency: Option<usize>,
     prompts: Option<usize>,
+    overload_rate: f64,
+    overload_seconds: f64,
+    pods: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -38,6 +41,9 @@ fn parse_args() -> Result<Args> {
         prefix_rate: None,
         concurrency: None,
         prompts: None,
+        overload_rate: 4.0,
+        overload_seconds: 120.0,
+        pods: 8,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +66,10 @@ fn parse_args() -> Result<Args> {
             "--prefix-rate" => a.prefix_rate = Some(value()?.parse()?),
             "--concurrency" => a.concurrency = Some(value()?.parse()?),
             "--prompts" => a.prompts = Some(value()?.parse()?),
+            // The overload workload: arrivals per simulated second and for how long.
+            "--overload-rate" => a.overload_rate = value()?.parse()?,
+            "--overload-seconds" => a.overload_seconds = value()?.parse()?,
+            "--pods" => a.pods = value()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -80,16 +90,21 @@ async fn main() -> Result<()> {
     // 20× faster than a GPU: wall time stays short while 1 ms of host delay is only 20 ms
     // simulated (latencies are read from the pods' own timelines, which the delay does not enter).
     sim.time_scale = args.time_scale.unwrap_or(0.05);
+    let time_scale = sim.time_scale;
     // The plugin's default is 100 ms of wall time; scaled with the simulation it would be 5 ms,
     // more scrapes than this 2-CPU machine serves beside everything else. 20 ms wall = 400 ms
     // simulated: the collector is staler, relative to the engines, than in production.
     let scrape_ms = args.scrape_ms.unwrap_or(20);
     let setup = Setup {
         sim,
-        pods: 8,
+        pods: args.pods,
         scrape_interval_ms: scrape_ms,
         sample_every_s: 2.0,
         scheduling_extra: args.scheduling.clone(),
+        // The wait bounds in wall milliseconds: 60 s and 10 s simulated, the plugin's defaults.
+        flow_control: json!({"enabled": true,
+                             "ttlMs": (60_000.0 * time_scale).round() as u64,
+                             "noEndpointTtlMs": (10_000.0 * time_scale).round() as u64}),
     };
     let scale = if args.quick {
         Scale {
@@ -124,6 +139,7 @@ async fn main() -> Result<()> {
             "random" => workload::random(&scale, &adapters),
             "prefix" => workload::shared_prefix(&scale, &setup.sim.base_model),
             "zipf" => workload::zipf(&scale, &adapters),
+            "overload" => workload::overload(args.overload_rate, args.overload_seconds),
             other => bail!("unknown workload {other}"),
         };
         for strategy in &args.strategies {
@@ -148,6 +164,19 @@ async fn main() -> Result<()> {
                 r["adapter_loads"],
                 t.elapsed().as_secs_f64()
             );
+            if let Some(classes) = r["by_class"].as_object() {
+                for (class, c) in classes {
+                    eprintln!(
+                        "sched-bench:   {class:<10} {:>5} sent {:>5} ok {}  client TTFT p50 {:7.2} p90 {:7.2} p99 {:7.2} s  {:6.0} tok/s  tenants {}",
+                        c["requests"], c["ok"], c["statuses"],
+                        c["ttft_client_s"]["p50"].as_f64().unwrap_or(f64::NAN),
+                        c["ttft_client_s"]["p90"].as_f64().unwrap_or(f64::NAN),
+                        c["ttft_client_s"]["p99"].as_f64().unwrap_or(f64::NAN),
+                        c["output_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                        c["tenants_served"],
+                    );
+                }
+            }
             results.push(r);
         }
         let mut w_json = json!({"key": w.key, "title": w.title, "description": w.description});

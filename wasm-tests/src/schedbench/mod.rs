@@ -36,6 +36,8 @@ pub enum Strategy {
     Default,
     PrefixCache,
     Oracle,
+    /// `DEFAULT` with `flowControl` on (the overload workload's second arm).
+    DefaultFlowControl,
 }
 
 impl Strategy {
@@ -56,12 +58,14 @@ impl Strategy {
             Strategy::Default => "DEFAULT",
             Strategy::PrefixCache => "PREFIX_CACHE",
             Strategy::Oracle => "oracle",
+            Strategy::DefaultFlowControl => "DEFAULT+flowControl",
         }
     }
 
     pub fn parse(s: &str) -> Result<Strategy> {
         Strategy::ALL
             .into_iter()
+            .chain([Strategy::DefaultFlowControl])
             .find(|k| k.key().eq_ignore_ascii_case(s))
             .ok_or_else(|| anyhow!("unknown strategy {s:?}"))
     }
@@ -70,6 +74,7 @@ impl Strategy {
     fn plugin_strategy(self) -> Option<&'static str> {
         match self {
             Strategy::RoundRobin | Strategy::Oracle => None,
+            Strategy::DefaultFlowControl => Some("DEFAULT"),
             other => Some(other.key()),
         }
     }
@@ -86,6 +91,8 @@ pub struct Setup {
     pub sample_every_s: f64,
     /// Extra `scheduling` fields for the plugin (e.g. `{"scorers": {...}}`), for experiments.
     pub scheduling_extra: Option<Value>,
+    /// `flowControl` for the `DEFAULT+flowControl` arm.
+    pub flow_control: Value,
 }
 
 impl Setup {
@@ -100,6 +107,19 @@ impl Setup {
             .map(|a| json!({"modelName": a, "poolRef": POOL}))
             .collect();
         models.push(json!({"modelName": self.sim.base_model, "poolRef": POOL}));
+        // The overload workload's served names, one per criticality, all on one adapter: the
+        // classes compete for the same pods and the same engine queues, as tenants of one model do.
+        let adapter = self.sim.adapters.first().map_or("", String::as_str);
+        for ((_, name), criticality) in
+            workload::OVERLOAD_MODELS
+                .iter()
+                .zip(["Critical", "Standard", "Sheddable"])
+        {
+            models.push(
+                json!({"modelName": name, "poolRef": POOL, "criticality": criticality,
+                               "targetModels": [{"name": adapter, "weight": 1}]}),
+            );
+        }
         let mut scheduling = json!({"strategy": strategy});
         if let Some(Value::Object(extra)) = &self.scheduling_extra {
             for (k, v) in extra {
@@ -124,6 +144,10 @@ impl Setup {
 /// One request's outcome, times in simulated seconds.
 #[derive(Debug, Clone, Default)]
 struct Outcome {
+    class: &'static str,
+    tenant: Option<&'static str>,
+    /// From sending to the whole reply, at the client (simulated seconds: wall ÷ time scale).
+    client_s: f64,
     status: u16,
     pod: usize,
     ttft_s: f64,
@@ -153,6 +177,7 @@ struct Live {
     /// Wall time since the start at which the last request was sent.
     last_send: Mutex<Option<Duration>>,
     start: Instant,
+    time_scale: f64,
 }
 
 impl Live {
@@ -163,6 +188,9 @@ impl Live {
             .http
             .post(&self.url)
             .header("content-type", "application/json");
+        if let Some(tenant) = req.tenant {
+            builder = builder.header("x-gateway-inference-fairness-id", tenant);
+        }
         let mut picked = None;
         if let (Some(oracle), Some(first)) = (&self.oracle, self.sims.first()) {
             let key = first.request_key(&req.model, &req.prompt);
@@ -176,6 +204,8 @@ impl Live {
             }
         }
         let mut out = Outcome {
+            class: req.class,
+            tenant: req.tenant,
             prompt_tokens: u32::try_from(req.prompt.len().div_ceil(4)).unwrap_or(u32::MAX),
             pod: picked.unwrap_or(usize::MAX),
             ..Outcome::default()
@@ -183,6 +213,7 @@ impl Live {
         if let Ok(mut t) = self.last_send.lock() {
             *t = Some(self.start.elapsed());
         }
+        let sent = Instant::now();
         match builder.body(body).send().await {
             Ok(r) => {
                 out.status = r.status().as_u16();
@@ -202,6 +233,7 @@ impl Live {
                 if r.bytes().await.is_err() {
                     out.status = 0;
                 }
+                out.client_s = sent.elapsed().as_secs_f64() / self.time_scale;
                 if out.status == 200 {
                     out.output_tokens = req.max_tokens;
                 }
@@ -277,13 +309,77 @@ fn sustained(series: &[Value], last_send_s: f64) -> (f64, f64) {
     }
 }
 
+/// Per priority class (workloads that have them): replies by status, TTFT as the client sees it
+/// (the pod's TTFT plus the time the request spent before the pod: in the gateway's queue, in
+/// Envoy, on the wire — the client's whole wait minus the pod's end-to-end time), output tokens of
+/// the served ones per second, and the served requests per tenant.
+fn by_class(outcomes: &[Outcome], duration_s: f64) -> Value {
+    let mut classes = serde_json::Map::new();
+    let mut names: Vec<&'static str> = outcomes.iter().map(|o| o.class).collect();
+    names.sort_unstable();
+    names.dedup();
+    for class in names.into_iter().filter(|c| !c.is_empty()) {
+        let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.class == class).collect();
+        let ok: Vec<&&Outcome> = of.iter().filter(|o| o.status == 200).collect();
+        let mut statuses = std::collections::BTreeMap::new();
+        for o in &of {
+            *statuses.entry(o.status.to_string()).or_insert(0u64) += 1;
+        }
+        let mut tenants = std::collections::BTreeMap::new();
+        for o in &ok {
+            if let Some(t) = o.tenant {
+                *tenants.entry(t.to_string()).or_insert(0u64) += 1;
+            }
+        }
+        let mut sent = std::collections::BTreeMap::new();
+        for o in &of {
+            if let Some(t) = o.tenant {
+                *sent.entry(t.to_string()).or_insert(0u64) += 1;
+            }
+        }
+        let client_ttft = |o: &Outcome| o.ttft_s + (o.client_s - o.e2e_s).max(0.0);
+        let mut tenant_ttft = serde_json::Map::new();
+        for t in sent.keys() {
+            let xs = ok
+                .iter()
+                .filter(|o| o.tenant == Some(t.as_str()))
+                .map(|o| client_ttft(o))
+                .collect();
+            tenant_ttft.insert(t.clone(), percentiles(xs));
+        }
+        let client_ttft: Vec<f64> = ok.iter().map(|o| client_ttft(o)).collect();
+        let tokens: u64 = ok.iter().map(|o| u64::from(o.output_tokens)).sum();
+        classes.insert(
+            class.to_string(),
+            json!({
+                "requests": of.len(),
+                "ok": ok.len(),
+                "statuses": statuses,
+                "ttft_client_s": percentiles(client_ttft),
+                "ttft_pod_s": percentiles(ok.iter().map(|o| o.ttft_s).collect()),
+                "output_tokens_per_s": tokens as f64 / duration_s,
+                "tenants_sent": sent,
+                "tenants_served": tenants,
+                "tenants_ttft_client_s": tenant_ttft,
+            }),
+        );
+    }
+    Value::Object(classes)
+}
+
 /// Run `workload` with `strategy`; the result as JSON (see `bench.py report`).
 pub async fn run(setup: &Setup, workload: &Workload, strategy: Strategy) -> Result<Value> {
     let scale = setup.sim.time_scale;
     let sims = start_sims(setup.pods, &setup.sim).await?;
     let pods: Vec<String> = sims.iter().map(Sim::endpoint).collect();
     let spec = match strategy.plugin_strategy() {
-        Some(s) => EnvoySpec::plugin(&setup.plugin_config(&pods, s)),
+        Some(s) => {
+            let mut config = setup.plugin_config(&pods, s);
+            if strategy == Strategy::DefaultFlowControl {
+                config["flowControl"] = setup.flow_control.clone();
+            }
+            EnvoySpec::plugin(&config)
+        }
         None => EnvoySpec::without_plugin(
             pods.iter()
                 .map(|p| p.parse())
@@ -291,7 +387,10 @@ pub async fn run(setup: &Setup, workload: &Workload, strategy: Strategy) -> Resu
         ),
     };
     let envoy = Envoy::start(&spec).await.context("starting Envoy")?;
-    if matches!(strategy, Strategy::Default | Strategy::PrefixCache) {
+    if matches!(
+        strategy,
+        Strategy::Default | Strategy::PrefixCache | Strategy::DefaultFlowControl
+    ) {
         wait_for_collector(&envoy, pods.len()).await?;
     }
     let http = reqwest::Client::builder()
@@ -308,6 +407,7 @@ pub async fn run(setup: &Setup, workload: &Workload, strategy: Strategy) -> Resu
         outcomes: Mutex::new(Vec::new()),
         last_send: Mutex::new(None),
         start: Instant::now(),
+        time_scale: scale,
     });
     let requests = Arc::new(workload.requests.clone());
 
@@ -422,7 +522,9 @@ pub async fn run(setup: &Setup, workload: &Workload, strategy: Strategy) -> Resu
     for o in &outcomes {
         *statuses.entry(o.status.to_string()).or_insert(0u64) += 1;
     }
+    let by_class = by_class(&outcomes, duration_s);
     Ok(json!({
+        "by_class": by_class,
         "workload": workload.key,
         "strategy": strategy.key(),
         "requests": outcomes.len(),

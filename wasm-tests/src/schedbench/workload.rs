@@ -75,6 +75,10 @@ pub struct Request {
     pub max_tokens: u32,
     /// Simulated seconds after the start at which an open-loop workload sends it.
     pub at_s: f64,
+    /// The overload workload's priority class (`critical`, `standard`, `sheddable`; "" elsewhere).
+    pub class: &'static str,
+    /// The tenant it is sent for (`x-gateway-inference-fairness-id`), if any.
+    pub tenant: Option<&'static str>,
 }
 
 /// How requests are sent.
@@ -143,6 +147,8 @@ fn random_requests(rng: &mut Rng, n: usize, adapters: &[String], weights: &[f64]
                 prompt: rng.text(input),
                 max_tokens: output,
                 at_s: 0.0,
+                class: "",
+                tenant: None,
             }
         })
         .collect()
@@ -226,6 +232,8 @@ pub fn shared_prefix(scale: &Scale, base_model: &str) -> Workload {
                 prompt,
                 max_tokens: output,
                 at_s: t,
+                class: "",
+                tenant: None,
             }
         })
         .collect();
@@ -241,6 +249,62 @@ pub fn shared_prefix(scale: &Scale, base_model: &str) -> Workload {
         arrivals: Arrivals::Open {
             rate_per_s: scale.prefix_rate,
         },
+        requests,
+    }
+}
+
+/// The overload workload's served names (`Setup::plugin_config`), one per priority class.
+pub const OVERLOAD_MODELS: [(&str, &str); 3] = [
+    ("critical", "critical-chat"),
+    ("standard", "standard-chat"),
+    ("sheddable", "sheddable-batch"),
+];
+pub const OVERLOAD_INPUT: u32 = 500;
+pub const OVERLOAD_OUTPUT: u32 = 200;
+/// Shares of the arrivals: Critical, Standard, Sheddable.
+pub const OVERLOAD_MIX: [f64; 3] = [0.1, 0.4, 0.5];
+/// Standard traffic comes from two tenants, one sending ten times as much as the other.
+pub const OVERLOAD_TENANTS: [(&str, f64); 2] = [("aggressive", 10.0), ("modest", 1.0)];
+
+/// (d): Poisson arrivals at `rate` requests/s (simulated) — set it to twice what the pool
+/// sustains — for `duration_s`: a tenth Critical, four tenths Standard from two tenants at 10:1,
+/// half Sheddable.
+pub fn overload(rate: f64, duration_s: f64) -> Workload {
+    let mut rng = Rng::new(0xD);
+    let mut t = 0.0;
+    let mut requests = Vec::new();
+    loop {
+        t += rng.exp(1.0 / rate);
+        if t > duration_s {
+            break;
+        }
+        let class = rng.weighted(&OVERLOAD_MIX);
+        let (class, model) = OVERLOAD_MODELS.get(class).copied().unwrap_or(("", ""));
+        let tenant = (class == "standard").then(|| {
+            let w: Vec<f64> = OVERLOAD_TENANTS.iter().map(|t| t.1).collect();
+            OVERLOAD_TENANTS.get(rng.weighted(&w)).map_or("", |t| t.0)
+        });
+        let input = around(&mut rng, OVERLOAD_INPUT, RANGE_RATIO);
+        let output = around(&mut rng, OVERLOAD_OUTPUT, RANGE_RATIO);
+        requests.push(Request {
+            model: model.to_string(),
+            prompt: rng.text(input),
+            max_tokens: output,
+            at_s: t,
+            class,
+            tenant,
+        });
+    }
+    Workload {
+        key: "overload",
+        title: "(d) overload".to_string(),
+        description: format!(
+            "Poisson arrivals at {rate} requests/s for {duration_s} s ({} requests), twice what the pool sustains: \
+             10% Critical, 40% Standard (two tenants at 10:1), 50% Sheddable; {OVERLOAD_INPUT} in / \
+             {OVERLOAD_OUTPUT} out tokens, range ratio {RANGE_RATIO}",
+            requests.len()
+        ),
+        arrivals: Arrivals::Open { rate_per_s: rate },
         requests,
     }
 }
