@@ -1,7 +1,9 @@
 //! From the typed resources to the configuration document, checked by the plugin's own parser.
 
-use crate::resources::{classify, objects, Input, Model, Pool, Resource};
-use crate::{Error, Options, Target};
+use crate::resources::{
+    classify, objects, Input, Model, Objective, Pool, Resource, Rewrite, RewriteRule,
+};
+use crate::{Error, Options, Origin, Target};
 use serde::Serialize;
 
 /// Envoy's default listener buffer, and what the shipped control-plane installs set: at or
@@ -17,6 +19,10 @@ pub const REFRESH_MS: u64 = 2000;
 pub struct Document {
     pub pools: Vec<DocPool>,
     pub models: Vec<DocModel>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<DocObjective>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_rewrites: Vec<DocRewrite>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_pool: Option<String>,
     pub collector: DocCollector,
@@ -54,6 +60,25 @@ pub struct DocModel {
     pub target_models: Option<Vec<DocTarget>>,
 }
 
+/// An InferenceObjective as the document's `objectives[]` entry.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocObjective {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    pub pool_ref: String,
+}
+
+/// An InferenceModelRewrite as the document's `modelRewrites[]` entry (the same shape).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocRewrite {
+    pub name: String,
+    pub pool_ref: String,
+    pub rules: Vec<RewriteRule>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DocTarget {
     pub name: String,
@@ -82,6 +107,8 @@ pub struct Conversion {
 pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
     let mut pools: Vec<Pool> = Vec::new();
     let mut models: Vec<Model> = Vec::new();
+    let mut objectives: Vec<Objective> = Vec::new();
+    let mut rewrites: Vec<Rewrite> = Vec::new();
     for input in inputs {
         for obj in objects(input)? {
             match classify(&obj, &o.namespace, o.skip_other_kinds)? {
@@ -112,6 +139,23 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
                     }
                     models.push(m);
                 }
+                Resource::Objective(x) => {
+                    if let Some(first) = objectives
+                        .iter()
+                        .find(|y| y.name == x.name && y.pool_name == x.pool_name)
+                    {
+                        return Err(Error::at(
+                            &x.origin,
+                            Some("metadata.name"),
+                            format!(
+                                "a second InferenceObjective \"{}\" for pool \"{}\" (the first: {})",
+                                x.name, x.pool_name, first.origin
+                            ),
+                        ));
+                    }
+                    objectives.push(x);
+                }
+                Resource::Rewrite(r) => rewrites.push(r),
                 Resource::Other => {}
             }
         }
@@ -155,6 +199,44 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
                     })
                     .collect()
             }),
+        });
+    }
+
+    let pool_of = |origin, name: &str, namespace: &str, kind: &str| -> Result<(), Error> {
+        if pools
+            .iter()
+            .any(|p| p.name == name && p.namespace == namespace)
+        {
+            Ok(())
+        } else {
+            Err(Error::at(
+                origin,
+                Some("spec.poolRef.name"),
+                format!("no InferencePool \"{name}\" in namespace {namespace} in the input (an {kind} names a pool of its own namespace)"),
+            ))
+        }
+    };
+    let mut doc_objectives = Vec::with_capacity(objectives.len());
+    for x in &objectives {
+        pool_of(&x.origin, &x.pool_name, &x.namespace, "InferenceObjective")?;
+        doc_objectives.push(DocObjective {
+            name: x.name.clone(),
+            priority: x.priority,
+            pool_ref: x.pool_name.clone(),
+        });
+    }
+    let mut doc_rewrites = Vec::with_capacity(rewrites.len());
+    for r in &rewrites {
+        pool_of(
+            &r.origin,
+            &r.pool_name,
+            &r.namespace,
+            "InferenceModelRewrite",
+        )?;
+        doc_rewrites.push(DocRewrite {
+            name: r.name.clone(),
+            pool_ref: r.pool_name.clone(),
+            rules: r.rules.clone(),
         });
     }
 
@@ -244,6 +326,8 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
     let document = Document {
         pools: doc_pools,
         models: doc_models,
+        objectives: doc_objectives,
+        model_rewrites: doc_rewrites,
         default_pool,
         collector: DocCollector {
             mode: if control_plane { "embedded" } else { "service" }.to_string(),
@@ -251,7 +335,9 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
         max_request_body_bytes: control_plane.then_some(CONTROL_PLANE_MAX_BODY),
         failure_mode: failure_mode.map(|(m, _)| m.to_string()),
     };
-    check(&document, &pools, &models)?;
+    let kinds: Vec<&Origin> = objectives.iter().map(|x| &x.origin).collect();
+    let rules: Vec<&Origin> = rewrites.iter().map(|r| &r.origin).collect();
+    check(&document, &pools, &models, &kinds, &rules)?;
     Ok(Conversion {
         document,
         pools,
@@ -289,7 +375,13 @@ fn per_pool(
 
 /// The plugin's own validation of a document; an error is blamed on the input document it came
 /// from where the field says which.
-fn check(document: &Document, pools: &[Pool], models: &[Model]) -> Result<(), Error> {
+fn check(
+    document: &Document,
+    pools: &[Pool],
+    models: &[Model],
+    objectives: &[&Origin],
+    rewrites: &[&Origin],
+) -> Result<(), Error> {
     let json = serde_json::to_vec(document)
         .map_err(|e| Error::plain(format!("writing the document: {e}")))?;
     let e = match router_core::config::Config::parse(&json) {
@@ -313,6 +405,19 @@ fn check(document: &Document, pools: &[Pool], models: &[Model]) -> Result<(), Er
                 r => format!("spec.{r}"),
             };
             return Err(Error::at(&m.origin, Some(&field), message));
+        }
+    }
+    // The document's objectives and modelRewrites have the resources' own shape under `spec`.
+    for (prefix, origins) in [("objectives[", objectives), ("modelRewrites[", rewrites)] {
+        if let Some((i, rest)) = indexed(prefix) {
+            if let Some(origin) = origins.get(i) {
+                let field = match rest.as_str() {
+                    "name" => "metadata.name".to_string(),
+                    "poolRef" => "spec.poolRef.name".to_string(),
+                    r => format!("spec.{r}"),
+                };
+                return Err(Error::at(origin, Some(&field), message));
+            }
         }
     }
     if let Some((i, rest)) = indexed("pools[") {

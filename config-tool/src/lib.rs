@@ -28,8 +28,9 @@ usage: inference-router-config [flags] FILE…      (FILE `-` reads stdin)
 Reads Kubernetes YAML (several documents per file, `kind: List` with `items`) holding the Gateway
 API Inference Extension's InferencePools (inference.networking.x-k8s.io/v1alpha1, v1alpha2;
 inference.networking.k8s.io/v1) and InferenceModels (v1alpha1, v1alpha2), and prints the
-inference-router plugin's configuration document as JSON. InferenceObjective and
-InferenceModelRewrite are not supported yet. Every document printed passes the plugin's own
+inference-router plugin's configuration document as JSON; also InferenceObjectives and
+InferenceModelRewrites (inference.networking.x-k8s.io/v1alpha2, or llm-d's group under llm-d.ai).
+Every document printed passes the plugin's own
 validation; on bad input it exits 1 with one message naming the file, the document (its number in
 the file, kind/name) and the field.
 
@@ -41,6 +42,10 @@ Mapping:
   InferenceModel  spec.modelName → models[].modelName, spec.poolRef.name → poolRef,
                   spec.criticality → criticality (v1alpha1 `Default` = `Standard`),
                   spec.targetModels[{name, weight}] → targetModels (v1alpha1: a missing weight is 1)
+  InferenceObjective  metadata.name → objectives[].name, spec.priority → priority (absent: 0),
+                  spec.poolRef.name → poolRef
+  InferenceModelRewrite  metadata.name → modelRewrites[].name, spec.poolRef.name → poolRef,
+                  spec.rules (matches[].model {type, value}, targets[] {modelRewrite, weight}) as given
   one pool        → defaultPool
 
 Pods are found at run time: each pool gets `discovery` (the Envoy cluster holding its pods, and a

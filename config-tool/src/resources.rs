@@ -106,11 +106,65 @@ pub struct Model {
     pub pool_name: String,
 }
 
+/// An InferenceObjective: a named integer priority for one pool's requests.
+#[derive(Debug, Clone)]
+pub struct Objective {
+    pub origin: Origin,
+    pub name: String,
+    pub namespace: String,
+    /// Absent: 0, the API's default.
+    pub priority: Option<i64>,
+    pub pool_name: String,
+}
+
+/// An InferenceModelRewrite: one pool's rules, in the document's shape already.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub origin: Origin,
+    pub name: String,
+    pub namespace: String,
+    pub pool_name: String,
+    pub rules: Vec<RewriteRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteRule {
+    #[serde(default)]
+    pub matches: Vec<RewriteMatch>,
+    #[serde(default)]
+    pub targets: Vec<RewriteTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteMatch {
+    pub model: ModelMatch,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelMatch {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteTarget {
+    pub model_rewrite: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
 /// What one object is.
 #[derive(Debug, Clone)]
 pub enum Resource {
     Pool(Pool),
     Model(Model),
+    Objective(Objective),
+    Rewrite(Rewrite),
     /// Not an Inference Extension object, skipped on request (`--skip-other-kinds`).
     Other,
 }
@@ -126,7 +180,9 @@ pub fn classify(
     let api_version = string_field(o, &obj.value, "apiVersion")?;
     let kind = string_field(o, &obj.value, "kind")?;
     let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-    let ours = group == X_GROUP || group == GROUP;
+    // llm-d's router serves InferenceObjective and InferenceModelRewrite under its own group.
+    let llm_d = group == "llm-d.ai" || group.ends_with(".llm-d.ai");
+    let ours = group == X_GROUP || group == GROUP || llm_d;
     match (kind, api_version) {
         ("InferencePool", "inference.networking.x-k8s.io/v1alpha1")
         | ("InferencePool", "inference.networking.x-k8s.io/v1alpha2") => {
@@ -189,19 +245,46 @@ pub fn classify(
             let spec: ModelSpec = spec(obj)?;
             model(obj, namespace, spec, v1alpha1).map(Resource::Model)
         }
-        ("InferenceObjective", _) | ("InferenceModelRewrite", _) if ours => Err(Error::at(
-            o,
-            None,
-            format!(
-                "{kind} is not supported yet: this tool converts InferencePools and \
-                 InferenceModels (the document's `{}` takes it by hand)",
-                if kind == "InferenceObjective" {
-                    "objectives"
-                } else {
-                    "modelRewrites"
+        ("InferenceObjective", _) if group == X_GROUP || llm_d => {
+            let (name, namespace) = metadata(obj, default_namespace)?;
+            let spec: ObjectiveSpec = spec(obj)?;
+            if let Some(p) = spec.priority {
+                if i32::try_from(p).is_err() {
+                    return Err(Error::at(
+                        o,
+                        Some("spec.priority"),
+                        "must be a 32-bit integer",
+                    ));
                 }
-            ),
-        )),
+            }
+            Ok(Resource::Objective(Objective {
+                origin: o.clone(),
+                name,
+                namespace,
+                priority: spec.priority,
+                pool_name: spec.pool_ref.name,
+            }))
+        }
+        ("InferenceModelRewrite", _) if group == X_GROUP || llm_d => {
+            let (name, namespace) = metadata(obj, default_namespace)?;
+            let spec: RewriteSpec = spec(obj)?;
+            for (i, rule) in spec.rules.iter().enumerate() {
+                if rule.targets.is_empty() {
+                    return Err(Error::at(
+                        o,
+                        Some(&format!("spec.rules[{i}].targets")),
+                        "must name at least one target",
+                    ));
+                }
+            }
+            Ok(Resource::Rewrite(Rewrite {
+                origin: o.clone(),
+                name,
+                namespace,
+                pool_name: spec.pool_ref.name,
+                rules: spec.rules,
+            }))
+        }
         ("InferencePool", _) | ("InferenceModel", _) => Err(Error::at(
             o,
             Some("apiVersion"),
@@ -220,7 +303,8 @@ pub fn classify(
             o,
             Some("kind"),
             format!(
-                "{kind} ({api_version}) is not an InferencePool or InferenceModel{}",
+                "{kind} ({api_version}) is not an InferencePool, InferenceModel, \
+                 InferenceObjective or InferenceModelRewrite{}",
                 if ours {
                     ""
                 } else {
@@ -460,6 +544,23 @@ struct ModelSpec {
 struct TargetSpec {
     name: String,
     weight: Option<i64>,
+}
+
+/// InferenceObjective `inference.networking.x-k8s.io/v1alpha2` (and llm-d's).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ObjectiveSpec {
+    priority: Option<i64>,
+    pool_ref: PoolRefSpec,
+}
+
+/// InferenceModelRewrite `inference.networking.x-k8s.io/v1alpha2` (and llm-d's).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RewriteSpec {
+    pool_ref: PoolRefSpec,
+    #[serde(default)]
+    rules: Vec<RewriteRule>,
 }
 
 #[derive(Deserialize)]

@@ -21,11 +21,12 @@ fn testdata(name: &str) -> String {
         .to_string()
 }
 
-const TESTDATA: [&str; 4] = [
+const TESTDATA: [&str; 5] = [
     "gray-release-v1alpha1.yaml",
     "pool-v1.yaml",
     "pools-v1alpha2.yaml",
     "list.yaml",
+    "objectives-rewrites-v1alpha2.yaml",
 ];
 
 /// The command's output for `args` (stdin: `input`).
@@ -411,17 +412,37 @@ fn each_error_names_the_document_and_the_field() {
         ),
         // Kinds, versions, YAML.
         (
-            "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\n\
-             metadata: {name: chat}\nspec: {priority: 10, poolRef: {name: pool}}\n"
-                .to_string(),
-            "<stdin>: document 1 (InferenceObjective/chat): InferenceObjective is not supported yet",
+            format!(
+                "{POOL}---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\n\
+                 metadata: {{name: chat}}\nspec: {{priority: 10, poolRef: {{name: other}}}}\n"
+            ),
+            "<stdin>: document 2 (InferenceObjective/chat): spec.poolRef.name: no InferencePool \
+             \"other\" in namespace default in the input",
         ),
         (
-            "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModelRewrite\n\
-             metadata: {name: canary}\nspec: {}\n"
-                .to_string(),
-            "<stdin>: document 1 (InferenceModelRewrite/canary): InferenceModelRewrite is not \
-             supported yet",
+            format!(
+                "{POOL}---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\n\
+                 metadata: {{name: chat}}\nspec: {{priority: 4294967296, poolRef: {{name: pool}}}}\n"
+            ),
+            "<stdin>: document 2 (InferenceObjective/chat): spec.priority: must be a 32-bit integer",
+        ),
+        (
+            format!(
+                "{POOL}---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModelRewrite\n\
+                 metadata: {{name: canary}}\nspec: {{poolRef: {{name: pool}}, rules: [{{matches: \
+                 [{{model: {{value: a}}}}], targets: []}}]}}\n"
+            ),
+            "<stdin>: document 2 (InferenceModelRewrite/canary): spec.rules[0].targets: must name \
+             at least one target",
+        ),
+        (
+            format!(
+                "{POOL}---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModelRewrite\n\
+                 metadata: {{name: canary}}\nspec: {{poolRef: {{name: pool}}, rules: [{{matches: \
+                 [{{model: {{value: a}}}}], targets: [{{modelRewrite: b, weight: 1}}, \
+                 {{modelRewrite: c}}]}}]}}\n"
+            ),
+            "<stdin>: document 2 (InferenceModelRewrite/canary): spec.rules[0].targets",
         ),
         (
             POOL.replace("v1alpha2", "v1beta1"),
@@ -430,8 +451,8 @@ fn each_error_names_the_document_and_the_field() {
         ),
         (
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n".to_string(),
-            "<stdin>: document 1 (ConfigMap/cm): kind: ConfigMap (v1) is not an InferencePool or \
-             InferenceModel",
+            "<stdin>: document 1 (ConfigMap/cm): kind: ConfigMap (v1) is not an InferencePool, \
+             InferenceModel, InferenceObjective or InferenceModelRewrite",
         ),
         (
             format!("{POOL}---\nkind: InferenceModel\nmetadata: {{name: m}}\n"),
@@ -843,4 +864,40 @@ fn the_command_line() {
         "inference-router-config: <stdin>: document 2 (InferenceModel/chat): spec.poolRef.name: \
          no InferencePool \"other\" in the input\n"
     );
+}
+
+#[test]
+fn objectives_and_model_rewrites_keep_their_shape() {
+    let doc = document(&["objectives-rewrites-v1alpha2.yaml"], &[]);
+    assert_eq!(
+        doc["objectives"],
+        json!([
+            {"name": "interactive", "priority": 10, "poolRef": "llama3-8b"},
+            {"name": "batch", "priority": -5, "poolRef": "llama3-8b"},
+        ])
+    );
+    assert_eq!(
+        doc["modelRewrites"],
+        json!([{
+            "name": "support-bot-canary",
+            "poolRef": "llama3-8b",
+            "rules": [
+                {"matches": [{"model": {"type": "Exact", "value": "support-bot"}}],
+                 "targets": [{"modelRewrite": "support-bot-v1", "weight": 90},
+                             {"modelRewrite": "support-bot-v2", "weight": 10}]},
+                {"matches": [], "targets": [{"modelRewrite": "meta-llama/Llama-3.1-8B-Instruct"}]},
+            ],
+        }])
+    );
+    assert_eq!(doc["models"], json!([]));
+    // llm-d's API group reads the same.
+    let yaml = std::fs::read_to_string(testdata("objectives-rewrites-v1alpha2.yaml"))
+        .unwrap()
+        .replace(
+            "inference.networking.x-k8s.io/v1alpha2",
+            "inference.llm-d.ai/v1alpha1",
+        );
+    let llm_d: Value = serde_json::from_str(&output(&["-"], &yaml).unwrap()).unwrap();
+    assert_eq!(llm_d["objectives"], doc["objectives"]);
+    assert_eq!(llm_d["modelRewrites"], doc["modelRewrites"]);
 }

@@ -261,3 +261,109 @@ async fn the_printed_wasmplugins_route_the_gray_release_under_istio() {
 async fn the_printed_extension_policy_routes_the_gray_release_under_envoy_gateway() {
     manifest_routes_the_gray_release(ControlPlane::EnvoyGateway).await;
 }
+
+/// The Inference Extension's newer resources, converted: InferenceModelRewrite's weighted rule
+/// splits `support-bot` 90/10 over its two adapters and sends every other name to the base
+/// model; InferenceObjective's priority, named by the `x-gateway-inference-objective` header,
+/// decides who is shed when the pool is saturated (below zero: sheddable) — as under llm-d.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converted_objectives_and_model_rewrites_route_as_the_resources_say() {
+    let yaml = repo_root()
+        .join("testdata/inference-extension/objectives-rewrites-v1alpha2.yaml")
+        .display()
+        .to_string();
+    let config = convert(&["--target", "envoy", &yaml]);
+    let pool = "llama3-8b";
+    let base = "meta-llama/Llama-3.1-8B-Instruct";
+    let options = PodOptions {
+        base_model: base.to_string(),
+        adapters: vec!["support-bot-v1".to_string(), "support-bot-v2".to_string()],
+        strict_models: true,
+    };
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        pods.push(Pod::start_next(options.clone()).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
+    let admin: SocketAddr = (next_pod_ip(), 9901).into();
+    let mut spec = EnvoySpec::plugin(&config);
+    spec.pool_clusters = vec!["original-dst".to_string()];
+    spec.admin_address = Some(admin);
+    spec.extra_clusters = vec![
+        pool_cluster(pool, &addrs),
+        static_cluster("envoy-admin", &[admin]),
+    ];
+    let envoy = Envoy::start(&spec).await.unwrap();
+    let client = envoy.client().unwrap();
+    let start = Instant::now();
+    loop {
+        let r = client.completion("support-bot", &[]).await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            start.elapsed() < PROMPT,
+            "no member discovered\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in &pods {
+        p.clear();
+    }
+
+    let n = 200;
+    for _ in 0..n {
+        let r = client.completion("support-bot", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = client.completion("anything-else", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for req in pods.iter().flat_map(Pod::requests) {
+        if req.path() == "/v1/completions" {
+            *seen.entry(req.model().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    let v1 = seen.get("support-bot-v1").copied().unwrap_or(0);
+    let v2 = seen.get("support-bot-v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "{seen:?}");
+    assert!((150..=195).contains(&v1), "90/10 over {n}: {seen:?}");
+    assert_eq!(seen.get(base), Some(&1), "the catch-all rule: {seen:?}");
+
+    // Saturated: the objective below zero is shed, the one above is served.
+    for p in &pods {
+        p.pin(&wasm_tests::sim::Pin {
+            waiting: Some(50),
+            kv: Some(0.1),
+            ..Default::default()
+        });
+    }
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let r = client
+            .completion("support-bot", &[("x-gateway-inference-objective", "batch")])
+            .await
+            .unwrap();
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "never shed\n{}", envoy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client
+        .completion(
+            "support-bot",
+            &[("x-gateway-inference-objective", "interactive")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "priority 10 is served while saturated: {}",
+        r.text()
+    );
+}
