@@ -19,6 +19,22 @@ pub fn error_body(status: u16, kind: &str, message: &str) -> String {
     }
 }
 
+/// How much of a client's text (a model name) a reply or the access log repeats.
+pub const QUOTE_MAX_BYTES: usize = 256;
+
+/// `text` cut to at most [`QUOTE_MAX_BYTES`] on a character boundary, with `…` when cut: a
+/// client's 100 KB model name is not sent back whole nor written whole into the access log.
+pub fn bounded_quote(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= QUOTE_MAX_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = QUOTE_MAX_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", text.get(..end).unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -26,6 +42,16 @@ mod tests {
 
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn quotes_of_client_text_are_bounded_on_a_character_boundary() {
+        assert_eq!(bounded_quote("chat"), "chat");
+        let long = "é".repeat(300);
+        let q = bounded_quote(&long);
+        assert!(q.len() <= QUOTE_MAX_BYTES + "…".len());
+        assert!(q.ends_with('…'));
+        assert!(q.starts_with("éé"));
+    }
 
     #[test]
     fn shape() {

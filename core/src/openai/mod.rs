@@ -1,7 +1,7 @@
 //! OpenAI-style request bodies: which API a request is for, a single-pass scan of the body for the fields the
 //! router needs, the byte-exact `model` rewrite, and the OpenAI error shape for replies the filter sends itself.
 
-mod errors;
+pub mod errors;
 mod json_stream;
 mod models;
 mod paths;

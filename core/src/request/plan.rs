@@ -160,10 +160,13 @@ pub fn plan_admitted(
         .or(fields.user.as_deref().map(str::as_bytes));
     let decision = decide_model(config, &fields.model, session, scheduler.random());
     let labels = RequestLabels::of(config, &decision);
-    let mut requested = Some(fields.model.to_string());
+    let mut requested = Some(crate::openai::errors::bounded_quote(&fields.model).into_owned());
     let (pool, target, priority, passthrough) = match decision {
         ModelDecision::Reject => {
-            let msg = format!("The model `{}` does not exist.", fields.model);
+            let msg = format!(
+                "The model `{}` does not exist.",
+                crate::openai::errors::bounded_quote(&fields.model)
+            );
             return Ok(Plan {
                 labels,
                 requested,
