@@ -100,6 +100,8 @@ pub struct Conversion {
     pub clusters: Vec<String>,
     /// Each pool's Service (istio) or HTTPRoute (envoy-gateway); None for envoy.
     pub backends: Vec<Option<String>>,
+    /// What the conversion left out, one line each (the command prints them to stderr).
+    pub warnings: Vec<String>,
 }
 
 /// Convert the inputs into the document for `o.target`. The document has passed
@@ -225,7 +227,6 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
             pool_ref: x.pool_name.clone(),
         });
     }
-    let mut doc_rewrites = Vec::with_capacity(rewrites.len());
     for r in &rewrites {
         pool_of(
             &r.origin,
@@ -233,12 +234,8 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
             &r.namespace,
             "InferenceModelRewrite",
         )?;
-        doc_rewrites.push(DocRewrite {
-            name: r.name.clone(),
-            pool_ref: r.pool_name.clone(),
-            rules: r.rules.clone(),
-        });
     }
+    let (doc_rewrites, kept, warnings) = precedence(&rewrites)?;
 
     if pools.is_empty() {
         return Err(Error::plain(
@@ -336,14 +333,140 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
         failure_mode: failure_mode.map(|(m, _)| m.to_string()),
     };
     let kinds: Vec<&Origin> = objectives.iter().map(|x| &x.origin).collect();
-    let rules: Vec<&Origin> = rewrites.iter().map(|r| &r.origin).collect();
-    check(&document, &pools, &models, &kinds, &rules)?;
+    check(&document, &pools, &models, &kinds, &rewrites, &kept)?;
     Ok(Conversion {
         document,
         pools,
         clusters,
         backends,
+        warnings,
     })
+}
+
+/// What of an InferenceModelRewrite's rules the document keeps: per kept rule, its index in
+/// the input and the indices of its kept matches.
+type Kept = Vec<(usize, Vec<usize>)>;
+
+/// Who holds a model name (or, for `None`, a pool's catch-all): rewrite, rule, match.
+type Holder = (usize, usize, Option<usize>);
+
+/// The rewrites as llm-d applies them, in the document's shape, where the plugin takes each
+/// model name once and one catch-all rule per pool: of the rules of one pool that match the
+/// same name (or match every name), the first rule of the oldest resource
+/// (`metadata.creationTimestamp`) wins; the others lose that match, with a warning. Two
+/// resources whose age the input does not tell apart are refused. Returns the document's
+/// entries, what each kept, and the warnings.
+fn precedence(rewrites: &[Rewrite]) -> Result<(Vec<DocRewrite>, Vec<Kept>, Vec<String>), Error> {
+    use std::collections::HashMap;
+    // (namespace, pool, Some(model) | None for the catch-all) → holder.
+    let mut holders: HashMap<(&str, &str, Option<&str>), Holder> = HashMap::new();
+    let mut dropped: Vec<Holder> = Vec::new();
+    let mut warnings = Vec::new();
+    let field = |(_, r, m): Holder| -> String {
+        match m {
+            Some(k) => format!("spec.rules[{r}].matches[{k}]"),
+            None => format!("spec.rules[{r}]"),
+        }
+    };
+    for (i, rw) in rewrites.iter().enumerate() {
+        for (r, rule) in rw.rules.iter().enumerate() {
+            let mut claims: Vec<(Option<&str>, Option<usize>)> = Vec::new();
+            if rule.matches.is_empty() {
+                claims.push((None, None));
+            }
+            for (k, m) in rule.matches.iter().enumerate() {
+                claims.push((Some(m.model.value.as_str()), Some(k)));
+            }
+            for (model, k) in claims {
+                let key = (rw.namespace.as_str(), rw.pool_name.as_str(), model);
+                let new: Holder = (i, r, k);
+                let Some(&old) = holders.get(&key) else {
+                    holders.insert(key, new);
+                    continue;
+                };
+                let what = match model {
+                    Some(name) => format!("model \"{name}\""),
+                    None => "every model (a rule without matches)".to_string(),
+                };
+                let first = &rewrites[old.0];
+                // The same resource: its first rule wins. Another: the older one's.
+                let new_wins = if old.0 == i {
+                    false
+                } else {
+                    match (&first.created, &rw.created) {
+                        (Some(a), Some(b)) if a != b => b < a,
+                        _ => {
+                            return Err(Error::at(
+                                &rw.origin,
+                                Some(&field(new)),
+                                format!(
+                                    "matches {what} of pool \"{}\" as {} ({}) does; llm-d uses the \
+                                     rule of the older resource, which the input does not tell: \
+                                     give both metadata.creationTimestamp (as `kubectl get -o \
+                                     yaml` prints it) or let one rule match it",
+                                    rw.pool_name,
+                                    first.origin,
+                                    field(old)
+                                ),
+                            ))
+                        }
+                    }
+                };
+                let (winner, loser) = if new_wins { (new, old) } else { (old, new) };
+                let (w, l) = (&rewrites[winner.0], &rewrites[loser.0]);
+                warnings.push(format!(
+                    "{}: {}: left out: {} ({}) matches {what} of pool \"{}\" first{}, as llm-d \
+                     uses it",
+                    l.origin,
+                    field(loser),
+                    w.origin,
+                    field(winner),
+                    rw.pool_name,
+                    if winner.0 == loser.0 {
+                        " (the first matching rule)"
+                    } else {
+                        " (the older resource)"
+                    }
+                ));
+                dropped.push(loser);
+                holders.insert(key, winner);
+            }
+        }
+    }
+    let mut doc = Vec::with_capacity(rewrites.len());
+    let mut kept_all = Vec::with_capacity(rewrites.len());
+    for (i, rw) in rewrites.iter().enumerate() {
+        let mut rules = Vec::with_capacity(rw.rules.len());
+        let mut kept: Kept = Vec::with_capacity(rw.rules.len());
+        for (r, rule) in rw.rules.iter().enumerate() {
+            if rule.matches.is_empty() {
+                if !dropped.contains(&(i, r, None)) {
+                    rules.push(rule.clone());
+                    kept.push((r, Vec::new()));
+                }
+                continue;
+            }
+            let ks: Vec<usize> = (0..rule.matches.len())
+                .filter(|&k| !dropped.contains(&(i, r, Some(k))))
+                .collect();
+            // A rule whose every match is taken matches nothing: it must not become a catch-all.
+            if ks.is_empty() {
+                continue;
+            }
+            rules.push(RewriteRule {
+                matches: ks.iter().map(|&k| rule.matches[k].clone()).collect(),
+                targets: rule.targets.clone(),
+            });
+            kept.push((r, ks));
+        }
+        doc.push(DocRewrite {
+            name: rw.name.clone(),
+            pool_ref: rw.pool_name.clone(),
+            rules,
+        });
+        kept_all.push(kept);
+    }
+    Ok((doc, kept_all, warnings))
 }
 
 /// `--service` / `--route` resolved per pool: `NAME` alone is for the only pool.
@@ -380,7 +503,8 @@ fn check(
     pools: &[Pool],
     models: &[Model],
     objectives: &[&Origin],
-    rewrites: &[&Origin],
+    rewrites: &[Rewrite],
+    kept: &[Kept],
 ) -> Result<(), Error> {
     let json = serde_json::to_vec(document)
         .map_err(|e| Error::plain(format!("writing the document: {e}")))?;
@@ -393,11 +517,12 @@ fn check(
         e.field, e.message
     );
     // `pools[3].x` / `models[2].targetModels[1].weight`: the index, and the rest.
-    let indexed = |prefix: &str| -> Option<(usize, String)> {
-        let rest = e.field.strip_prefix(prefix)?;
+    let split = |field: &str, prefix: &str| -> Option<(usize, String)> {
+        let rest = field.strip_prefix(prefix)?;
         let (i, rest) = rest.split_once(']')?;
         Some((i.parse().ok()?, rest.trim_start_matches('.').to_string()))
     };
+    let indexed = |prefix: &str| split(&e.field, prefix);
     if let Some((i, rest)) = indexed("models[") {
         if let Some(m) = models.get(i) {
             let field = match rest.as_str() {
@@ -407,17 +532,49 @@ fn check(
             return Err(Error::at(&m.origin, Some(&field), message));
         }
     }
-    // The document's objectives and modelRewrites have the resources' own shape under `spec`.
-    for (prefix, origins) in [("objectives[", objectives), ("modelRewrites[", rewrites)] {
-        if let Some((i, rest)) = indexed(prefix) {
-            if let Some(origin) = origins.get(i) {
-                let field = match rest.as_str() {
-                    "name" => "metadata.name".to_string(),
-                    "poolRef" => "spec.poolRef.name".to_string(),
-                    r => format!("spec.{r}"),
-                };
-                return Err(Error::at(origin, Some(&field), message));
-            }
+    // The document's objectives and modelRewrites have the resources' own shape under `spec`;
+    // a rewrite's rules and matches are numbered as the input numbers them.
+    let spec_field = |rest: &str| match rest {
+        "name" => "metadata.name".to_string(),
+        "poolRef" => "spec.poolRef.name".to_string(),
+        r => format!("spec.{r}"),
+    };
+    if let Some((i, rest)) = indexed("objectives[") {
+        if let Some(origin) = objectives.get(i) {
+            return Err(Error::at(origin, Some(&spec_field(&rest)), message));
+        }
+    }
+    if let Some((i, rest)) = indexed("modelRewrites[") {
+        if let (Some(rw), Some(kept)) = (rewrites.get(i), kept.get(i)) {
+            let field = match split(&rest, "rules[") {
+                Some((r, tail)) => {
+                    let (orig, ks) = kept
+                        .get(r)
+                        .map(|(o, ks)| (*o, ks.as_slice()))
+                        .unwrap_or((r, &[]));
+                    let tail = match split(&tail, "matches[") {
+                        Some((k, more)) => {
+                            let k = ks.get(k).copied().unwrap_or(k);
+                            if more.is_empty() {
+                                format!("matches[{k}]")
+                            } else {
+                                format!("matches[{k}].{more}")
+                            }
+                        }
+                        None => match tail.strip_prefix("targets") {
+                            Some(more) => format!("{}{more}", rw.targets_key),
+                            None => tail,
+                        },
+                    };
+                    if tail.is_empty() {
+                        format!("spec.rules[{orig}]")
+                    } else {
+                        format!("spec.rules[{orig}].{tail}")
+                    }
+                }
+                None => spec_field(&rest),
+            };
+            return Err(Error::at(&rw.origin, Some(&field), message));
         }
     }
     if let Some((i, rest)) = indexed("pools[") {

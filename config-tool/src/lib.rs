@@ -436,26 +436,39 @@ pub fn read_inputs(o: &Options, stdin: &mut dyn Read) -> Result<Vec<Input>, Erro
 }
 
 /// The text to print for already-read inputs: the document as JSON, a manifest as YAML, or the
-/// schema; each ends with a newline.
-pub fn render(inputs: &[Input], o: &Options) -> Result<String, Error> {
+/// schema; each ends with a newline. With it, the conversion's warnings (what it left out).
+pub fn render(inputs: &[Input], o: &Options) -> Result<(String, Vec<String>), Error> {
     if o.output == Output::Schema {
-        return pretty_json(&router_core::config::json_schema());
+        return Ok((
+            pretty_json(&router_core::config::json_schema())?,
+            Vec::new(),
+        ));
     }
     let conversion = convert(inputs, o)?;
-    match o.output {
+    let text = match o.output {
         Output::WasmPlugin => install::wasm_plugins(&conversion, o),
         Output::EnvoyExtensionPolicy => install::extension_policy(&conversion, o),
         _ => pretty_json(&conversion.document),
-    }
+    }?;
+    Ok((text, conversion.warnings))
 }
 
-/// The whole command: parse `args`, read the inputs, print to `out`.
-pub fn run(args: &[String], stdin: &mut dyn Read, out: &mut dyn Write) -> Result<(), Error> {
+/// The whole command: parse `args`, read the inputs, print to `out`; warnings go to `warn`, one
+/// line each (`warning: FILE: document N (Kind/name): field: …`).
+pub fn run(
+    args: &[String],
+    stdin: &mut dyn Read,
+    out: &mut dyn Write,
+    warn: &mut dyn Write,
+) -> Result<(), Error> {
     let Some(o) = parse_args(args, out)? else {
         return Ok(());
     };
     let inputs = read_inputs(&o, stdin)?;
-    let text = render(&inputs, &o)?;
+    let (text, warnings) = render(&inputs, &o)?;
+    for w in &warnings {
+        write_out(warn, &format!("inference-router-config: warning: {w}\n"))?;
+    }
     write_out(out, &text)
 }
 

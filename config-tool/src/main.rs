@@ -5,7 +5,13 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut stdout = std::io::stdout().lock();
-    match inference_router_config::run(&args, &mut std::io::stdin().lock(), &mut stdout) {
+    let mut stderr = std::io::stderr().lock();
+    match inference_router_config::run(
+        &args,
+        &mut std::io::stdin().lock(),
+        &mut stdout,
+        &mut stderr,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("inference-router-config: {e}");

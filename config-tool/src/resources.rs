@@ -11,6 +11,17 @@ use std::collections::BTreeMap;
 pub const X_GROUP: &str = "inference.networking.x-k8s.io";
 /// The GA API group (InferencePool v1).
 pub const GROUP: &str = "inference.networking.k8s.io";
+/// llm-d's router's group: InferenceObjective and InferenceModelRewrite `v1alpha2` since the
+/// Inference Extension removed them (before, llm-d served them under [`X_GROUP`] too).
+pub const LLM_D_GROUP: &str = "llm-d.ai";
+/// The apiVersions of InferenceObjective and InferenceModelRewrite that are served: the
+/// Inference Extension's releases 1.0 to 1.5 (InferenceModelRewrite from 1.2) and llm-d's.
+pub const OBJECTIVE_VERSIONS: [&str; 2] = [
+    "inference.networking.x-k8s.io/v1alpha2",
+    "llm-d.ai/v1alpha2",
+];
+/// The API's bounds for an InferenceModelRewrite target's weight.
+pub const MIN_REWRITE_WEIGHT: i64 = 1;
 
 /// The InferenceModel's bounds for a target's weight.
 pub const MAX_WEIGHT: i64 = 1_000_000;
@@ -124,15 +135,19 @@ pub struct Rewrite {
     pub name: String,
     pub namespace: String,
     pub pool_name: String,
+    /// `metadata.creationTimestamp` (RFC 3339, UTC, as Kubernetes writes it), if given: the
+    /// older resource's rule wins a model name both match, as in llm-d.
+    pub created: Option<String>,
     pub rules: Vec<RewriteRule>,
+    /// What the input calls each rule's targets: `targets`, or `split` (Inference Extension
+    /// v1.2), for naming fields in errors.
+    pub targets_key: &'static str,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RewriteRule {
-    #[serde(default)]
     pub matches: Vec<RewriteMatch>,
-    #[serde(default)]
     pub targets: Vec<RewriteTarget>,
 }
 
@@ -180,9 +195,8 @@ pub fn classify(
     let api_version = string_field(o, &obj.value, "apiVersion")?;
     let kind = string_field(o, &obj.value, "kind")?;
     let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-    // llm-d's router serves InferenceObjective and InferenceModelRewrite under its own group.
-    let llm_d = group == "llm-d.ai" || group.ends_with(".llm-d.ai");
-    let ours = group == X_GROUP || group == GROUP || llm_d;
+    let ours = group == X_GROUP || group == GROUP || group == LLM_D_GROUP;
+    let served = OBJECTIVE_VERSIONS.contains(&api_version);
     match (kind, api_version) {
         ("InferencePool", "inference.networking.x-k8s.io/v1alpha1")
         | ("InferencePool", "inference.networking.x-k8s.io/v1alpha2") => {
@@ -245,9 +259,10 @@ pub fn classify(
             let spec: ModelSpec = spec(obj)?;
             model(obj, namespace, spec, v1alpha1).map(Resource::Model)
         }
-        ("InferenceObjective", _) if group == X_GROUP || llm_d => {
+        ("InferenceObjective", _) if served => {
             let (name, namespace) = metadata(obj, default_namespace)?;
             let spec: ObjectiveSpec = spec(obj)?;
+            let pool_name = pool_ref(o, &spec.pool_ref)?;
             if let Some(p) = spec.priority {
                 if i32::try_from(p).is_err() {
                     return Err(Error::at(
@@ -262,39 +277,35 @@ pub fn classify(
                 name,
                 namespace,
                 priority: spec.priority,
-                pool_name: spec.pool_ref.name,
+                pool_name,
             }))
         }
-        ("InferenceModelRewrite", _) if group == X_GROUP || llm_d => {
+        ("InferenceModelRewrite", _) if served => {
             let (name, namespace) = metadata(obj, default_namespace)?;
             let spec: RewriteSpec = spec(obj)?;
-            for (i, rule) in spec.rules.iter().enumerate() {
-                if rule.targets.is_empty() {
-                    return Err(Error::at(
-                        o,
-                        Some(&format!("spec.rules[{i}].targets")),
-                        "must name at least one target",
-                    ));
-                }
-            }
-            Ok(Resource::Rewrite(Rewrite {
-                origin: o.clone(),
-                name,
-                namespace,
-                pool_name: spec.pool_ref.name,
-                rules: spec.rules,
-            }))
+            let pool_name = pool_ref(o, &spec.pool_ref)?;
+            let created = created(obj)?;
+            rewrite(o, group, name, namespace, pool_name, created, spec.rules)
+                .map(Resource::Rewrite)
         }
-        ("InferencePool", _) | ("InferenceModel", _) => Err(Error::at(
+        ("InferencePool", _)
+        | ("InferenceModel", _)
+        | ("InferenceObjective", _)
+        | ("InferenceModelRewrite", _) => Err(Error::at(
             o,
             Some("apiVersion"),
             format!(
                 "{api_version} is not a known version of {kind} (known: {})",
-                if kind == "InferencePool" {
-                    "inference.networking.k8s.io/v1, inference.networking.x-k8s.io/v1alpha2, \
-                     inference.networking.x-k8s.io/v1alpha1"
-                } else {
-                    "inference.networking.x-k8s.io/v1alpha2, inference.networking.x-k8s.io/v1alpha1"
+                match kind {
+                    "InferencePool" => {
+                        "inference.networking.k8s.io/v1, inference.networking.x-k8s.io/v1alpha2, \
+                         inference.networking.x-k8s.io/v1alpha1"
+                    }
+                    "InferenceModel" => {
+                        "inference.networking.x-k8s.io/v1alpha2, \
+                         inference.networking.x-k8s.io/v1alpha1"
+                    }
+                    _ => "llm-d.ai/v1alpha2, inference.networking.x-k8s.io/v1alpha2",
                 }
             ),
         )),
@@ -406,27 +417,7 @@ fn model(obj: &Object, namespace: String, spec: ModelSpec, v1alpha1: bool) -> Re
             ))
         }
     };
-    if let Some(group) = spec.pool_ref.group.as_deref() {
-        if group != X_GROUP && group != GROUP {
-            return Err(Error::at(
-                o,
-                Some("spec.poolRef.group"),
-                format!("\"{group}\" is not {X_GROUP} or {GROUP}"),
-            ));
-        }
-    }
-    if let Some(kind) = spec.pool_ref.kind.as_deref() {
-        if kind != "InferencePool" {
-            return Err(Error::at(
-                o,
-                Some("spec.poolRef.kind"),
-                format!("\"{kind}\" is not InferencePool"),
-            ));
-        }
-    }
-    if spec.pool_ref.name.is_empty() {
-        return Err(Error::at(o, Some("spec.poolRef.name"), "must not be empty"));
-    }
+    let pool_name = pool_ref(o, &spec.pool_ref)?;
     let list = spec.target_models.unwrap_or_default();
     // Kubernetes does not tell an empty list from an absent one: served as named.
     let targets = if list.is_empty() {
@@ -483,7 +474,135 @@ fn model(obj: &Object, namespace: String, spec: ModelSpec, v1alpha1: bool) -> Re
         model_name: spec.model_name,
         criticality,
         targets,
-        pool_name: spec.pool_ref.name,
+        pool_name,
+    })
+}
+
+/// `spec.poolRef`: an InferencePool (group and kind default to it) named by `name`.
+fn pool_ref(o: &Origin, r: &PoolRefSpec) -> Result<String, Error> {
+    if let Some(group) = r.group.as_deref() {
+        if group != X_GROUP && group != GROUP {
+            return Err(Error::at(
+                o,
+                Some("spec.poolRef.group"),
+                format!("\"{group}\" is not {X_GROUP} or {GROUP}"),
+            ));
+        }
+    }
+    if let Some(kind) = r.kind.as_deref() {
+        if kind != "InferencePool" {
+            return Err(Error::at(
+                o,
+                Some("spec.poolRef.kind"),
+                format!("\"{kind}\" is not InferencePool"),
+            ));
+        }
+    }
+    if r.name.is_empty() {
+        return Err(Error::at(o, Some("spec.poolRef.name"), "must not be empty"));
+    }
+    Ok(r.name.clone())
+}
+
+/// `metadata.creationTimestamp`, if given: `YYYY-MM-DDTHH:MM:SSZ` as Kubernetes writes it (so
+/// that two of them compare as text in time order).
+fn created(obj: &Object) -> Result<Option<String>, Error> {
+    let o = &obj.origin;
+    match obj.value.pointer("/metadata/creationTimestamp") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if is_timestamp(t) => Ok(Some(t.clone())),
+        Some(t) => Err(Error::at(
+            o,
+            Some("metadata.creationTimestamp"),
+            format!("{t} is not a Kubernetes timestamp (YYYY-MM-DDTHH:MM:SSZ)"),
+        )),
+    }
+}
+
+fn is_timestamp(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// An InferenceModelRewrite's rules, checked as its API does: every rule has targets (under
+/// `targets`, or `split` in the Inference Extension v1.2), each weight within the API's bounds.
+fn rewrite(
+    o: &Origin,
+    group: &str,
+    name: String,
+    namespace: String,
+    pool_name: String,
+    created: Option<String>,
+    raw: Vec<RuleSpec>,
+) -> Result<Rewrite, Error> {
+    let mut rules = Vec::with_capacity(raw.len());
+    let mut targets_key = "targets";
+    for (i, rule) in raw.into_iter().enumerate() {
+        let targets = match (rule.targets, rule.split) {
+            (Some(_), Some(_)) => {
+                return Err(Error::at(
+                    o,
+                    Some(&format!("spec.rules[{i}].split")),
+                    "give `targets` (or the Inference Extension v1.2's `split`), not both",
+                ))
+            }
+            (_, Some(_)) if group != X_GROUP => {
+                return Err(Error::at(
+                    o,
+                    Some(&format!("spec.rules[{i}].split")),
+                    format!(
+                        "unknown field (only {X_GROUP}'s v1.2 release called `targets` `split`)"
+                    ),
+                ))
+            }
+            (Some(t), None) => t,
+            (None, Some(t)) => {
+                targets_key = "split";
+                t
+            }
+            (None, None) => Vec::new(),
+        };
+        if targets.is_empty() {
+            return Err(Error::at(
+                o,
+                Some(&format!("spec.rules[{i}].{targets_key}")),
+                "must name at least one target",
+            ));
+        }
+        for (j, t) in targets.iter().enumerate() {
+            if let Some(w) = t.weight {
+                if !(MIN_REWRITE_WEIGHT..=MAX_WEIGHT).contains(&w) {
+                    return Err(Error::at(
+                        o,
+                        Some(&format!("spec.rules[{i}].{targets_key}[{j}].weight")),
+                        format!(
+                            "{w} is not an integer between {MIN_REWRITE_WEIGHT} and {MAX_WEIGHT} \
+                             (omit every weight for an even split)"
+                        ),
+                    ));
+                }
+            }
+        }
+        rules.push(RewriteRule {
+            matches: rule.matches.unwrap_or_default(),
+            targets,
+        });
+    }
+    Ok(Rewrite {
+        origin: o.clone(),
+        name,
+        namespace,
+        pool_name,
+        created,
+        rules,
+        targets_key,
     })
 }
 
@@ -546,7 +665,8 @@ struct TargetSpec {
     weight: Option<i64>,
 }
 
-/// InferenceObjective `inference.networking.x-k8s.io/v1alpha2` (and llm-d's).
+/// InferenceObjective `inference.networking.x-k8s.io/v1alpha2` (and llm-d's). An absent
+/// `priority` is 0, as the API says its consumers read it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ObjectiveSpec {
@@ -560,7 +680,17 @@ struct ObjectiveSpec {
 struct RewriteSpec {
     pool_ref: PoolRefSpec,
     #[serde(default)]
-    rules: Vec<RewriteRule>,
+    rules: Vec<RuleSpec>,
+}
+
+/// One rule as written: no `matches` (or an empty list) matches every model.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleSpec {
+    matches: Option<Vec<RewriteMatch>>,
+    targets: Option<Vec<RewriteTarget>>,
+    /// The Inference Extension v1.2's name for `targets`.
+    split: Option<Vec<RewriteTarget>>,
 }
 
 #[derive(Deserialize)]

@@ -29,12 +29,23 @@ const TESTDATA: [&str; 5] = [
     "objectives-rewrites-v1alpha2.yaml",
 ];
 
-/// The command's output for `args` (stdin: `input`).
+/// The command's output for `args` (stdin: `input`); it warns of nothing.
 fn output(args: &[&str], input: &str) -> Result<String, Error> {
+    let (out, warnings) = output_and_warnings(args, input)?;
+    assert_eq!(warnings, "", "unexpected warnings for {args:?}");
+    Ok(out)
+}
+
+/// The command's output for `args` (stdin: `input`) and what it wrote as warnings.
+fn output_and_warnings(args: &[&str], input: &str) -> Result<(String, String), Error> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut out = Vec::new();
-    run(&args, &mut input.as_bytes(), &mut out)?;
-    Ok(String::from_utf8(out).unwrap())
+    let mut warn = Vec::new();
+    run(&args, &mut input.as_bytes(), &mut out, &mut warn)?;
+    Ok((
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(warn).unwrap(),
+    ))
 }
 
 /// The document for `files` with the extra `flags`.
@@ -895,7 +906,7 @@ fn objectives_and_model_rewrites_keep_their_shape() {
         .unwrap()
         .replace(
             "inference.networking.x-k8s.io/v1alpha2",
-            "inference.llm-d.ai/v1alpha1",
+            "llm-d.ai/v1alpha2",
         );
     let llm_d: Value = serde_json::from_str(&output(&["-"], &yaml).unwrap()).unwrap();
     assert_eq!(llm_d["objectives"], doc["objectives"]);
