@@ -235,7 +235,11 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
             "InferenceModelRewrite",
         )?;
     }
-    let (doc_rewrites, kept, warnings) = precedence(&rewrites)?;
+    let Resolved {
+        doc: doc_rewrites,
+        kept,
+        warnings,
+    } = precedence(&rewrites)?;
 
     if pools.is_empty() {
         return Err(Error::plain(
@@ -347,6 +351,13 @@ pub fn convert(inputs: &[Input], o: &Options) -> Result<Conversion, Error> {
 /// the input and the indices of its kept matches.
 type Kept = Vec<(usize, Vec<usize>)>;
 
+/// [`precedence`]'s answer.
+struct Resolved {
+    doc: Vec<DocRewrite>,
+    kept: Vec<Kept>,
+    warnings: Vec<String>,
+}
+
 /// Who holds a model name (or, for `None`, a pool's catch-all): rewrite, rule, match.
 type Holder = (usize, usize, Option<usize>);
 
@@ -356,7 +367,7 @@ type Holder = (usize, usize, Option<usize>);
 /// (`metadata.creationTimestamp`) wins; the others lose that match, with a warning. Two
 /// resources whose age the input does not tell apart are refused. Returns the document's
 /// entries, what each kept, and the warnings.
-fn precedence(rewrites: &[Rewrite]) -> Result<(Vec<DocRewrite>, Vec<Kept>, Vec<String>), Error> {
+fn precedence(rewrites: &[Rewrite]) -> Result<Resolved, Error> {
     use std::collections::HashMap;
     // (namespace, pool, Some(model) | None for the catch-all) → holder.
     let mut holders: HashMap<(&str, &str, Option<&str>), Holder> = HashMap::new();
@@ -466,7 +477,11 @@ fn precedence(rewrites: &[Rewrite]) -> Result<(Vec<DocRewrite>, Vec<Kept>, Vec<S
         });
         kept_all.push(kept);
     }
-    Ok((doc, kept_all, warnings))
+    Ok(Resolved {
+        doc,
+        kept: kept_all,
+        warnings,
+    })
 }
 
 /// `--service` / `--route` resolved per pool: `NAME` alone is for the only pool.

@@ -912,3 +912,410 @@ fn objectives_and_model_rewrites_keep_their_shape() {
     assert_eq!(llm_d["objectives"], doc["objectives"]);
     assert_eq!(llm_d["modelRewrites"], doc["modelRewrites"]);
 }
+
+/// An InferenceModelRewrite of `pool` at `api_version` (metadata lines `meta`, rules in flow
+/// style).
+fn rewrite(api_version: &str, name: &str, meta: &str, rules: &str) -> String {
+    format!(
+        "---\napiVersion: {api_version}\nkind: InferenceModelRewrite\nmetadata: {{name: {name}{meta}}}\n\
+         spec: {{poolRef: {{name: pool}}, rules: {rules}}}\n"
+    )
+}
+
+const LLM_D: &str = "llm-d.ai/v1alpha2";
+const X: &str = "inference.networking.x-k8s.io/v1alpha2";
+
+#[test]
+fn objective_and_rewrite_versions_and_pool_references() {
+    // The served versions: the Inference Extension's x-k8s.io v1alpha2 and llm-d's llm-d.ai
+    // v1alpha2, for both kinds.
+    for v in [X, LLM_D] {
+        let yaml = format!(
+            "{POOL}---\napiVersion: {v}\nkind: InferenceObjective\nmetadata: {{name: batch}}\n\
+             spec: {{poolRef: {{group: inference.networking.k8s.io, kind: InferencePool, name: pool}}}}\n{}",
+            rewrite(v, "rw", "", "[{targets: [{modelRewrite: b}]}]")
+        );
+        let doc: Value = serde_json::from_str(&output(&["-"], &yaml).unwrap()).unwrap();
+        // No priority: the API's consumers read 0, and so does the plugin.
+        assert_eq!(
+            doc["objectives"],
+            json!([{"name": "batch", "poolRef": "pool"}]),
+            "{v}"
+        );
+        assert_eq!(
+            doc["modelRewrites"],
+            json!([{"name": "rw", "poolRef": "pool",
+                    "rules": [{"matches": [], "targets": [{"modelRewrite": "b"}]}]}]),
+            "{v}"
+        );
+    }
+    let objective = |v: &str, pool_ref: &str| {
+        format!(
+            "{POOL}---\napiVersion: {v}\nkind: InferenceObjective\nmetadata: {{name: o}}\n\
+             spec: {{priority: 1, poolRef: {pool_ref}}}\n"
+        )
+    };
+    for (yaml, expected) in [
+        // llm-d's v1 is not served (and has poolRefs); x-k8s.io v1alpha1 never had the kinds.
+        (
+            objective("llm-d.ai/v1", "{name: pool}"),
+            "document 2 (InferenceObjective/o): apiVersion: llm-d.ai/v1 is not a known version \
+             of InferenceObjective (known: llm-d.ai/v1alpha2, inference.networking.x-k8s.io/v1alpha2)",
+        ),
+        (
+            format!(
+                "{POOL}{}",
+                rewrite(
+                    "inference.networking.x-k8s.io/v1alpha1",
+                    "rw",
+                    "",
+                    "[{targets: [{modelRewrite: b}]}]"
+                )
+            ),
+            "document 2 (InferenceModelRewrite/rw): apiVersion: \
+             inference.networking.x-k8s.io/v1alpha1 is not a known version of \
+             InferenceModelRewrite",
+        ),
+        (
+            objective("inference.llm-d.ai/v1alpha2", "{name: pool}"),
+            "apiVersion: inference.llm-d.ai/v1alpha2 is not a known version",
+        ),
+        (
+            objective(LLM_D, "{group: apps, name: pool}"),
+            "(InferenceObjective/o): spec.poolRef.group: \"apps\" is not",
+        ),
+        (
+            objective(X, "{kind: Service, name: pool}"),
+            "(InferenceObjective/o): spec.poolRef.kind: \"Service\" is not InferencePool",
+        ),
+        (
+            objective(X, "{name: pool}").replace("priority: 1", "priority: 2147483648"),
+            "(InferenceObjective/o): spec.priority: must be a 32-bit integer",
+        ),
+        (
+            format!(
+                "{POOL}---\napiVersion: {LLM_D}\nkind: InferenceModelRewrite\nmetadata: {{name: rw}}\n\
+                 spec: {{poolRef: {{group: llm-d.ai, name: pool}}, rules: []}}\n"
+            ),
+            "(InferenceModelRewrite/rw): spec.poolRef.group: \"llm-d.ai\" is not",
+        ),
+        (
+            format!(
+                "{POOL}{}",
+                rewrite(LLM_D, "rw", "", "[{targets: [{modelRewrite: b}]}]")
+                    .replace("name: pool}", "name: elsewhere}")
+            ),
+            "(InferenceModelRewrite/rw): spec.poolRef.name: no InferencePool \"elsewhere\" in \
+             namespace default in the input",
+        ),
+    ] {
+        let e = refused(&yaml, &[]);
+        assert!(e.contains(expected), "expected …{expected}…\ngot {e}\nfor\n{yaml}");
+    }
+}
+
+#[test]
+fn rewrite_targets_weights_and_v1_2_split() {
+    // The Inference Extension v1.2 called the targets `split`: read as `targets`.
+    let split = format!(
+        "{POOL}{}",
+        rewrite(
+            X,
+            "rw",
+            "",
+            "[{matches: [{model: {value: a}}], split: [{modelRewrite: b, weight: 3}, \
+             {modelRewrite: c, weight: 1}]}]"
+        )
+    );
+    let doc: Value = serde_json::from_str(&output(&["-"], &split).unwrap()).unwrap();
+    assert_eq!(
+        doc["modelRewrites"][0]["rules"],
+        json!([{"matches": [{"model": {"value": "a"}}],
+                "targets": [{"modelRewrite": "b", "weight": 3}, {"modelRewrite": "c", "weight": 1}]}])
+    );
+    // No weights at all: an even split, as the API says (the document keeps them unweighted).
+    let even = format!(
+        "{POOL}{}",
+        rewrite(
+            LLM_D,
+            "rw",
+            "",
+            "[{matches: [{model: {value: a}}], targets: [{modelRewrite: b}, {modelRewrite: c}]}]"
+        )
+    );
+    let doc: Value = serde_json::from_str(&output(&["-"], &even).unwrap()).unwrap();
+    assert_eq!(
+        doc["modelRewrites"][0]["rules"][0]["targets"],
+        json!([{"modelRewrite": "b"}, {"modelRewrite": "c"}])
+    );
+
+    let rules = |v: &str, rules: &str| format!("{POOL}{}", rewrite(v, "rw", "", rules));
+    for (yaml, expected) in [
+        // The API's bounds: 1 to 1000000.
+        (
+            rules(LLM_D, "[{targets: [{modelRewrite: b, weight: 0}, {modelRewrite: c, weight: 1}]}]"),
+            "(InferenceModelRewrite/rw): spec.rules[0].targets[0].weight: 0 is not an integer \
+             between 1 and 1000000",
+        ),
+        (
+            rules(X, "[{split: [{modelRewrite: b, weight: 1000001}]}]"),
+            "spec.rules[0].split[0].weight: 1000001 is not an integer between 1 and 1000000",
+        ),
+        // Mixed: the plugin wants every target weighted or none; named as the input names it.
+        (
+            rules(X, "[{split: [{modelRewrite: b, weight: 1}, {modelRewrite: c}]}]"),
+            "(InferenceModelRewrite/rw): spec.rules[0].split: refused by the plugin's validation \
+             (modelRewrites[0].rules[0].targets: give a weight to every target or to none)",
+        ),
+        (
+            rules(X, "[{targets: [{modelRewrite: b}], split: [{modelRewrite: c}]}]"),
+            "spec.rules[0].split: give `targets` (or the Inference Extension v1.2's `split`), not both",
+        ),
+        (
+            rules(LLM_D, "[{split: [{modelRewrite: c}]}]"),
+            "spec.rules[0].split: unknown field",
+        ),
+        (
+            rules(LLM_D, "[{matches: [{model: {value: a}}]}]"),
+            "spec.rules[0].targets: must name at least one target",
+        ),
+        (
+            rules(LLM_D, "[{targets: [{modelRewrite: b}, {modelRewrite: b}]}]"),
+            "spec.rules[0].targets[1].modelRewrite: refused by the plugin's validation",
+        ),
+        (
+            rules(LLM_D, "[{matches: [{model: {type: Prefix, value: a}}], targets: [{modelRewrite: b}]}]"),
+            "spec.rules[0].matches[0].model.type: refused by the plugin's validation",
+        ),
+        (
+            rules(LLM_D, "[{matches: [{model: {valeu: a}}], targets: [{modelRewrite: b}]}]"),
+            "spec.rules[0].matches[0].model.valeu: unknown field `valeu`",
+        ),
+    ] {
+        let e = refused(&yaml, &[]);
+        assert!(e.contains(expected), "expected …{expected}…\ngot {e}\nfor\n{yaml}");
+    }
+}
+
+/// Overlapping rules: llm-d takes, for a model name (or for every name), the first rule of the
+/// oldest resource; the document keeps that one and the command warns of each it leaves out.
+#[test]
+fn overlapping_rewrite_rules_resolve_as_in_llm_d() {
+    let convert = |yaml: &str| -> (Value, String) {
+        let (out, warnings) = output_and_warnings(&["-"], yaml).unwrap();
+        (serde_json::from_str(&out).unwrap(), warnings)
+    };
+    let t = |name: &str| format!("[{{modelRewrite: {name}}}]");
+    let m = |names: &[&str]| {
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| format!("{{model: {{value: {n}}}}}"))
+            .collect();
+        format!("[{}]", list.join(", "))
+    };
+
+    // One resource: the first rule that matches a name wins it; a rule left with no match is
+    // dropped whole (it must not become a catch-all), as is a second catch-all.
+    let yaml = format!(
+        "{POOL}{}",
+        rewrite(
+            LLM_D,
+            "rw",
+            "",
+            &format!(
+                "[{{matches: {}, targets: {}}}, {{matches: {}, targets: {}}}, \
+                 {{matches: {}, targets: {}}}, {{targets: {}}}, {{targets: {}}}]",
+                m(&["a"]),
+                t("a1"),
+                m(&["a", "b"]),
+                t("b1"),
+                m(&["b"]),
+                t("b2"),
+                t("any1"),
+                t("any2"),
+            )
+        )
+    );
+    let (doc, warnings) = convert(&yaml);
+    assert_eq!(
+        doc["modelRewrites"][0]["rules"],
+        json!([
+            {"matches": [{"model": {"value": "a"}}], "targets": [{"modelRewrite": "a1"}]},
+            {"matches": [{"model": {"value": "b"}}], "targets": [{"modelRewrite": "b1"}]},
+            {"matches": [], "targets": [{"modelRewrite": "any1"}]},
+        ])
+    );
+    let lines: Vec<&str> = warnings.lines().collect();
+    assert_eq!(lines.len(), 3, "{warnings}");
+    assert_eq!(
+        lines[0],
+        "inference-router-config: warning: <stdin>: document 2 (InferenceModelRewrite/rw): \
+         spec.rules[1].matches[0]: left out: <stdin>: document 2 (InferenceModelRewrite/rw) \
+         (spec.rules[0].matches[0]) matches model \"a\" of pool \"pool\" first (the first \
+         matching rule), as llm-d uses it"
+    );
+    assert!(
+        lines[1].contains("spec.rules[2].matches[0]: left out"),
+        "{warnings}"
+    );
+    assert!(
+        lines[2].contains("spec.rules[4]: left out") && lines[2].contains("every model"),
+        "{warnings}"
+    );
+
+    // Two resources: the older (metadata.creationTimestamp) wins, in whatever order given.
+    let newer = rewrite(
+        LLM_D,
+        "newer",
+        ", creationTimestamp: \"2026-03-01T00:00:00Z\"",
+        &format!(
+            "[{{matches: {}, targets: {}}}, {{targets: {}}}]",
+            m(&["a", "c"]),
+            t("new"),
+            t("new-any")
+        ),
+    );
+    let older = rewrite(
+        LLM_D,
+        "older",
+        ", creationTimestamp: 2026-01-01T00:00:00Z",
+        &format!(
+            "[{{matches: {}, targets: {}}}, {{targets: {}}}]",
+            m(&["a"]),
+            t("old"),
+            t("old-any")
+        ),
+    );
+    let (doc, warnings) = convert(&format!("{POOL}{newer}{older}"));
+    assert_eq!(
+        doc["modelRewrites"],
+        json!([
+            {"name": "newer", "poolRef": "pool", "rules": [
+                {"matches": [{"model": {"value": "c"}}], "targets": [{"modelRewrite": "new"}]}]},
+            {"name": "older", "poolRef": "pool", "rules": [
+                {"matches": [{"model": {"value": "a"}}], "targets": [{"modelRewrite": "old"}]},
+                {"matches": [], "targets": [{"modelRewrite": "old-any"}]}]},
+        ])
+    );
+    assert_eq!(warnings.lines().count(), 2, "{warnings}");
+    assert!(
+        warnings.contains(
+            "(InferenceModelRewrite/newer): spec.rules[0].matches[0]: left out: \
+                           <stdin>: document 3 (InferenceModelRewrite/older) \
+                           (spec.rules[0].matches[0]) matches model \"a\" of pool \"pool\" first \
+                           (the older resource)"
+        ),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("(InferenceModelRewrite/newer): spec.rules[1]: left out"),
+        "{warnings}"
+    );
+
+    // The plugin's errors still name the input's rule and match after one was left out.
+    let yaml = format!(
+        "{POOL}{}",
+        rewrite(
+            LLM_D,
+            "rw",
+            "",
+            &format!(
+                "[{{matches: {}, targets: {}}}, {{matches: {}, targets: {}}}, \
+                 {{matches: [{{model: {{value: x}}}}, {{model: {{type: Regex, value: y}}}}], targets: {}}}]",
+                m(&["a"]),
+                t("a1"),
+                m(&["a"]),
+                t("a2"),
+                t("z"),
+            )
+        )
+    );
+    let e = refused(&yaml, &[]);
+    assert!(
+        e.contains(
+            "(InferenceModelRewrite/rw): spec.rules[2].matches[1].model.type: refused by \
+                    the plugin's validation (modelRewrites[0].rules[1].matches[1].model.type"
+        ),
+        "{e}"
+    );
+
+    // Undecidable: the input does not say which resource is older (or they are as old).
+    let same = ", creationTimestamp: \"2026-01-01T00:00:00Z\"";
+    for (a, b) in [("", ""), (same, ""), (same, same)] {
+        let yaml = format!(
+            "{POOL}{}{}",
+            rewrite(
+                LLM_D,
+                "one",
+                a,
+                &format!("[{{matches: {}, targets: {}}}]", m(&["a"]), t("x"))
+            ),
+            rewrite(
+                LLM_D,
+                "two",
+                b,
+                &format!("[{{matches: {}, targets: {}}}]", m(&["a"]), t("y"))
+            ),
+        );
+        let e = refused(&yaml, &[]);
+        assert!(
+            e.contains(
+                "document 3 (InferenceModelRewrite/two): spec.rules[0].matches[0]: matches \
+                        model \"a\" of pool \"pool\" as <stdin>: document 2 \
+                        (InferenceModelRewrite/one) (spec.rules[0].matches[0]) does; llm-d uses \
+                        the rule of the older resource, which the input does not tell"
+            ),
+            "{e}"
+        );
+    }
+    let yaml = format!(
+        "{POOL}{}{}",
+        rewrite(LLM_D, "one", "", &format!("[{{targets: {}}}]", t("x"))),
+        rewrite(LLM_D, "two", "", &format!("[{{targets: {}}}]", t("y"))),
+    );
+    assert!(
+        refused(&yaml, &[]).contains("spec.rules[0]: matches every model (a rule without matches)")
+    );
+    let yaml = format!(
+        "{POOL}{}",
+        rewrite(
+            LLM_D,
+            "rw",
+            ", creationTimestamp: yesterday",
+            "[{targets: [{modelRewrite: b}]}]"
+        )
+    );
+    assert!(refused(&yaml, &[]).contains(
+        "(InferenceModelRewrite/rw): metadata.creationTimestamp: \"yesterday\" is not a Kubernetes \
+         timestamp"
+    ));
+
+    // Different pools do not compete under llm-d (an endpoint picker per pool), but the plugin
+    // serves a model name from one pool: refused, naming the second.
+    let two_pools = format!(
+        "{POOL}---\n{}{}{}",
+        POOL.trim_start_matches("---\n")
+            .replace("name: pool", "name: pool2"),
+        rewrite(
+            LLM_D,
+            "one",
+            "",
+            &format!("[{{matches: {}, targets: {}}}]", m(&["a"]), t("x"))
+        ),
+        rewrite(
+            LLM_D,
+            "two",
+            "",
+            &format!("[{{matches: {}, targets: {}}}]", m(&["a"]), t("y"))
+        )
+        .replace("name: pool}", "name: pool2}"),
+    );
+    let e = refused(&two_pools, &["--default-pool", "pool"]);
+    assert!(
+        e.contains(
+            "(InferenceModelRewrite/two): spec.rules[0].matches[0].model.value: refused by \
+                    the plugin's validation"
+        ),
+        "{e}"
+    );
+}
