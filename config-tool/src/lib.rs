@@ -3,7 +3,9 @@
 //!
 //! It reads Kubernetes YAML (several documents per file, `kind: List` with `items`) holding
 //! InferencePools (`inference.networking.x-k8s.io/v1alpha1` and `v1alpha2`,
-//! `inference.networking.k8s.io/v1`) and InferenceModels (`v1alpha1`, `v1alpha2`), and prints
+//! `inference.networking.k8s.io/v1`), InferenceModels (`v1alpha1`, `v1alpha2`), and
+//! InferenceObjectives and InferenceModelRewrites (`inference.networking.x-k8s.io/v1alpha2`,
+//! `llm-d.ai/v1alpha2`; overlapping rewrite rules are kept as llm-d applies them), and prints
 //! the document as JSON, or a complete Istio `WasmPlugin` pair or Envoy Gateway
 //! `EnvoyExtensionPolicy` carrying it, in the shapes of the shipped `examples/`. Pods are not
 //! listed: each pool reads its members at run time from the Envoy cluster that holds its pods
@@ -29,10 +31,10 @@ Reads Kubernetes YAML (several documents per file, `kind: List` with `items`) ho
 API Inference Extension's InferencePools (inference.networking.x-k8s.io/v1alpha1, v1alpha2;
 inference.networking.k8s.io/v1) and InferenceModels (v1alpha1, v1alpha2), and prints the
 inference-router plugin's configuration document as JSON; also InferenceObjectives and
-InferenceModelRewrites (inference.networking.x-k8s.io/v1alpha2, or llm-d's group under llm-d.ai).
-Every document printed passes the plugin's own
-validation; on bad input it exits 1 with one message naming the file, the document (its number in
-the file, kind/name) and the field.
+InferenceModelRewrites (inference.networking.x-k8s.io/v1alpha2, llm-d.ai/v1alpha2). Every
+document printed passes the plugin's own validation; on bad input it exits 1 with one message
+naming the file, the document (its number in the file, kind/name) and the field. What it leaves
+out (overlapping rewrite rules llm-d would not apply) is a warning on stderr.
 
 Mapping:
   InferencePool   metadata.name → pools[].name; the target port (spec.targetPortNumber, or
@@ -45,7 +47,11 @@ Mapping:
   InferenceObjective  metadata.name → objectives[].name, spec.priority → priority (absent: 0),
                   spec.poolRef.name → poolRef
   InferenceModelRewrite  metadata.name → modelRewrites[].name, spec.poolRef.name → poolRef,
-                  spec.rules (matches[].model {type, value}, targets[] {modelRewrite, weight}) as given
+                  spec.rules (matches[].model {type, value}, targets[] {modelRewrite, weight},
+                  v1.2's `split` as targets; weights 1..1000000 on all targets or none) → rules;
+                  where rules of a pool overlap, the first matching rule of a resource and the
+                  older resource (metadata.creationTimestamp) win, as in llm-d; the others are
+                  left out with a warning, and resources of unknown age are refused
   one pool        → defaultPool
 
 Pods are found at run time: each pool gets `discovery` (the Envoy cluster holding its pods, and a

@@ -21,12 +21,13 @@ fn testdata(name: &str) -> String {
         .to_string()
 }
 
-const TESTDATA: [&str; 5] = [
+const TESTDATA: [&str; 6] = [
     "gray-release-v1alpha1.yaml",
     "pool-v1.yaml",
     "pools-v1alpha2.yaml",
     "list.yaml",
     "objectives-rewrites-v1alpha2.yaml",
+    "objectives-rewrites-llm-d.yaml",
 ];
 
 /// The command's output for `args` (stdin: `input`); it warns of nothing.
@@ -48,12 +49,12 @@ fn output_and_warnings(args: &[&str], input: &str) -> Result<(String, String), E
     ))
 }
 
-/// The document for `files` with the extra `flags`.
+/// The document for `files` with the extra `flags` (whatever it warns of).
 fn document(files: &[&str], flags: &[&str]) -> Value {
     let paths: Vec<String> = files.iter().map(|f| testdata(f)).collect();
     let mut args: Vec<&str> = flags.to_vec();
     args.extend(paths.iter().map(String::as_str));
-    serde_json::from_str(&output(&args, "").unwrap()).unwrap()
+    serde_json::from_str(&output_and_warnings(&args, "").unwrap().0).unwrap()
 }
 
 /// The error for YAML given on stdin.
@@ -1317,5 +1318,43 @@ fn overlapping_rewrite_rules_resolve_as_in_llm_d() {
                     the plugin's validation"
         ),
         "{e}"
+    );
+}
+
+/// llm-d's resources as `kubectl get -o yaml` lists them: the older rewrite's rule takes
+/// `support-bot`, the newer keeps its catch-all; the objective without priority is 0.
+#[test]
+fn llm_d_resources_listed_by_kubectl() {
+    let file = testdata("objectives-rewrites-llm-d.yaml");
+    let (out, warnings) = output_and_warnings(&["--target", "envoy", &file], "").unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["objectives"],
+        json!([
+            {"name": "interactive", "poolRef": "llama3-8b"},
+            {"name": "batch", "priority": -1, "poolRef": "llama3-8b"},
+        ])
+    );
+    assert_eq!(
+        doc["modelRewrites"],
+        json!([
+            {"name": "support-bot-rollback", "poolRef": "llama3-8b", "rules": [
+                {"matches": [], "targets": [{"modelRewrite": "meta-llama/Llama-3.1-8B-Instruct"}]}]},
+            {"name": "support-bot-canary", "poolRef": "llama3-8b", "rules": [
+                {"matches": [{"model": {"type": "Exact", "value": "support-bot"}}],
+                 "targets": [{"modelRewrite": "support-bot-v1", "weight": 90},
+                             {"modelRewrite": "support-bot-v2", "weight": 10}]}]},
+        ])
+    );
+    assert_eq!(doc["failureMode"], "FailOpen");
+    assert_eq!(
+        warnings,
+        format!(
+            "inference-router-config: warning: {file}: document 1 items[3] \
+             (InferenceModelRewrite/support-bot-rollback): spec.rules[0].matches[0]: left out: \
+             {file}: document 1 items[4] (InferenceModelRewrite/support-bot-canary) \
+             (spec.rules[0].matches[0]) matches model \"support-bot\" of pool \"llama3-8b\" \
+             first (the older resource), as llm-d uses it\n"
+        )
     );
 }

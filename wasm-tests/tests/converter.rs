@@ -268,8 +268,43 @@ async fn the_printed_extension_policy_routes_the_gray_release_under_envoy_gatewa
 /// decides who is shed when the pool is saturated (below zero: sheddable) — as under llm-d.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converted_objectives_and_model_rewrites_route_as_the_resources_say() {
+    objectives_and_rewrites_route("objectives-rewrites-v1alpha2.yaml", "batch", "interactive")
+        .await;
+}
+
+/// The same under llm-d's group, as `kubectl get -o yaml` lists the resources: two rewrites
+/// match `support-bot` and the older one's 90/10 rule is the one applied (the newer would send
+/// all of it to `support-bot-v2`), the newer one's catch-all still applies; `batch` (priority
+/// -1) is shed on a saturated pool, `interactive` (no priority: 0) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converted_llm_d_resources_route_as_llm_d_would() {
     let yaml = repo_root()
-        .join("testdata/inference-extension/objectives-rewrites-v1alpha2.yaml")
+        .join("testdata/inference-extension/objectives-rewrites-llm-d.yaml")
+        .display()
+        .to_string();
+    let bin = repo_root().join("dist/inference-router-config");
+    let out = Command::new(&bin)
+        .args(["--target", "envoy", &yaml])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warnings.contains(
+            "(InferenceModelRewrite/support-bot-rollback): spec.rules[0].matches[0]: left out"
+        ),
+        "{warnings}"
+    );
+    objectives_and_rewrites_route("objectives-rewrites-llm-d.yaml", "batch", "interactive").await;
+}
+
+/// Converts testdata/inference-extension/`file` (pool `llama3-8b`; a rewrite splitting
+/// `support-bot` 90/10 over `support-bot-v1` and `-v2`, a catch-all to the base model; the
+/// objective `shed` below zero, `served` at or above) and routes through the real Envoy.
+async fn objectives_and_rewrites_route(file: &str, shed: &str, served: &str) {
+    let yaml = repo_root()
+        .join("testdata/inference-extension")
+        .join(file)
         .display()
         .to_string();
     let config = convert(&["--target", "envoy", &yaml]);
@@ -343,7 +378,7 @@ async fn converted_objectives_and_model_rewrites_route_as_the_resources_say() {
     let deadline = Instant::now() + PROMPT;
     loop {
         let r = client
-            .completion("support-bot", &[("x-gateway-inference-objective", "batch")])
+            .completion("support-bot", &[("x-gateway-inference-objective", shed)])
             .await
             .unwrap();
         if r.status == 429 {
@@ -354,16 +389,13 @@ async fn converted_objectives_and_model_rewrites_route_as_the_resources_say() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = client
-        .completion(
-            "support-bot",
-            &[("x-gateway-inference-objective", "interactive")],
-        )
+        .completion("support-bot", &[("x-gateway-inference-objective", served)])
         .await
         .unwrap();
     assert_eq!(
         r.status,
         200,
-        "priority 10 is served while saturated: {}",
+        "{served} is served while saturated: {}",
         r.text()
     );
 }
