@@ -288,6 +288,10 @@ pub fn classify(
             rewrite(o, group, name, namespace, pool_name, created, spec.rules)
                 .map(Resource::Rewrite)
         }
+        // Another API's kind of the same name is skipped on request; ours are checked.
+        ("InferenceObjective", _) | ("InferenceModelRewrite", _) if skip_other && !ours => {
+            Ok(Resource::Other)
+        }
         ("InferencePool", _)
         | ("InferenceModel", _)
         | ("InferenceObjective", _)
@@ -558,7 +562,8 @@ fn rewrite(
                     o,
                     Some(&format!("spec.rules[{i}].split")),
                     format!(
-                        "unknown field (only {X_GROUP}'s v1.2 release called `targets` `split`)"
+                        "unknown field: `split` is the Inference Extension v1.2's name for \
+                         `targets` ({X_GROUP}); {group} calls it `targets`"
                     ),
                 ))
             }

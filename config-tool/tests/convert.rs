@@ -1013,6 +1013,18 @@ fn objective_and_rewrite_versions_and_pool_references() {
         let e = refused(&yaml, &[]);
         assert!(e.contains(expected), "expected …{expected}…\ngot {e}\nfor\n{yaml}");
     }
+    // A kind of the same name in another API is skipped on request, as other kinds are; a
+    // version of ours that is not served is not.
+    let other = objective("example.com/v1", "{name: pool}");
+    assert!(refused(&other, &[]).contains("apiVersion: example.com/v1 is not a known version"));
+    let doc: Value =
+        serde_json::from_str(&output(&["--skip-other-kinds", "-"], &other).unwrap()).unwrap();
+    assert!(doc.get("objectives").is_none(), "{doc}");
+    assert!(refused(
+        &objective("llm-d.ai/v1", "{name: pool}"),
+        &["--skip-other-kinds"]
+    )
+    .contains("llm-d.ai/v1 is not a known version"));
 }
 
 #[test]
