@@ -115,6 +115,10 @@ docker-test: build envoy
 bench: build envoy
 	bash wasm-tests/bench/run.sh
 
+# Where the plugin's per-request cost goes: probe builds as arms (docs/benchmarks.md).
+bench-breakdown: build envoy
+	bash wasm-tests/bench/breakdown.sh
+
 clean:
 	cargo clean
 	rm -rf dist

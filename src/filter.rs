@@ -85,6 +85,9 @@ impl FilterState {
 
     /// Add to a counter or record in a histogram, defining its id on the first use of its label set.
     fn add(&self, metric: RequestMetric, labels: RequestLabels, value: u64) {
+        if crate::probe::skips("stats") {
+            return;
+        }
         let mut ids = self.metric_ids.borrow_mut();
         let id = *ids.entry((metric, labels)).or_insert_with(|| {
             let name = metric.name(&self.config, labels);
@@ -253,14 +256,17 @@ impl FilterState {
         headers: Vec<(String, String)>,
     ) -> Result<(), Reply> {
         let Some(gate) = gate else {
+            let mut edited = false;
             for (name, value) in &headers {
-                if let Err(e) =
-                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-                {
-                    log::warn!("header {name} not set: {e:?}");
+                match hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+                    Ok(()) => edited = true,
+                    Err(e) => log::warn!("header {name} not set: {e:?}"),
                 }
             }
-            host::clear_route_cache();
+            // A header edit has already cleared the route cache (see host::clear_route_cache).
+            if !edited {
+                host::clear_route_cache();
+            }
             return Ok(());
         };
         let release = Release {
@@ -450,6 +456,20 @@ impl InferenceFilter {
         }
     }
 
+    /// The `plan` cost probe: route to the first endpoint of the first pool, nothing else.
+    fn probe_route(&mut self, body_size: usize) -> Action {
+        if !crate::probe::skips("read") {
+            let _ = self.get_http_request_body(0, body_size);
+        }
+        let state = Rc::clone(&self.state);
+        let endpoint = state.config.pools.first().and_then(|p| p.endpoints.first());
+        if let Some(endpoint) = endpoint {
+            self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+        }
+        self.buffering = false;
+        Action::Continue
+    }
+
     /// Take a held request's decision once the root has made it.
     fn settle(&mut self) {
         let decided = self.ticket.as_ref().and_then(|t| t.borrow_mut().take());
@@ -544,6 +564,9 @@ impl InferenceFilter {
     /// The decision, for Envoy's access log: filter state `wasm.inference_router.<field>`
     /// (`%FILTER_STATE(wasm.inference_router.model:PLAIN)%`). Set once, when the request ends.
     fn publish_log_fields(&self) {
+        if !self.state.config.access_log_fields || crate::probe::skips("log") {
+            return;
+        }
         let tokens = self
             .usage
             .map(|u| (u.prompt_tokens.to_string(), u.completion_tokens.to_string()));
@@ -581,6 +604,9 @@ impl InferenceFilter {
 /// Count a pick in `inference_router_endpoint_picks_total`; the metric id is cached with the
 /// member list, so a pick costs one host call and no name building.
 fn count_pick(members: &Members, index: usize) {
+    if crate::probe::skips("stats") {
+        return;
+    }
     let Some(cell) = members.host_ids.get(index) else {
         return;
     };
@@ -651,11 +677,9 @@ impl HttpContext for InferenceFilter {
         #[cfg(feature = "fault-injection")]
         crate::fault::trap_if(find(crate::fault::TRAP_HEADER) == Some(b"trap"));
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
-        let mut removed = false;
         for name in [config.destination_header.as_str(), MODEL_NAME_HEADER] {
             if find(name).is_some() {
                 self.set_http_request_header(name, None);
-                removed = true;
             }
         }
         let text =
@@ -666,9 +690,7 @@ impl HttpContext for InferenceFilter {
         }
         self.inputs.api = openai::inference_api(&method, &path);
         if self.inputs.api.is_none() {
-            if removed {
-                host::clear_route_cache();
-            }
+            // A removed header has already cleared the route cache (see host::clear_route_cache).
             return Action::Continue;
         }
         if end_of_stream {
@@ -715,6 +737,9 @@ impl HttpContext for InferenceFilter {
             // Keep buffering: Envoy holds the chunks until the body is complete.
             return Action::Pause;
         }
+        if crate::probe::skips("plan") {
+            return self.probe_route(body_size);
+        }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         self.on_full_body(&body)
     }
@@ -736,7 +761,7 @@ impl HttpContext for InferenceFilter {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.settle();
-        if !self.decided.routed {
+        if !self.decided.routed || crate::probe::skips("response") {
             return Action::Continue;
         }
         // A compressed body cannot be read as it passes; its tokens go uncounted.
@@ -752,7 +777,7 @@ impl HttpContext for InferenceFilter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.decided.routed {
+        if !self.decided.routed || crate::probe::skips("response") {
             return Action::Continue;
         }
         // Only a stream's time to first token falls back on the first byte: no clock read otherwise.

@@ -90,17 +90,20 @@ impl Gate {
         if hostcalls::set_effective_context(release.context_id).is_err() {
             return;
         }
+        let mut edited = false;
         for edit in &release.edits {
             let set = hostcalls::set_map_value(
                 MapType::HttpRequestHeaders,
                 &edit.name,
                 edit.value.as_deref(),
             );
-            if let Err(e) = set {
-                log::warn!("gate: header {} not set: {e:?}", edit.name);
+            match set {
+                Ok(()) => edited = true,
+                Err(e) => log::warn!("gate: header {} not set: {e:?}", edit.name),
             }
         }
-        if release.clear_route_cache {
+        // A header edit has already cleared the route cache (see host::clear_route_cache).
+        if release.clear_route_cache && !edited {
             host::clear_route_cache();
         }
         if let Err(e) = hostcalls::resume_http_request() {

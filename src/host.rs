@@ -114,6 +114,11 @@ pub fn set_property(key: &str, value: &[u8]) -> bool {
 }
 
 /// Make Envoy pick the route again: the filter changed headers a route may match on.
+///
+/// Only needed when no request header was changed through the ABI: Envoy's Wasm host clears the
+/// route cache itself on every request-header add, replace and remove (its `onHeadersModified`),
+/// so after such an edit this call is a second, redundant one (a foreign-function lookup by name
+/// per request).
 pub fn clear_route_cache() {
     if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
         log::warn!("clear_route_cache failed: {e:?}");

@@ -12,6 +12,7 @@ mod flow;
 mod gate;
 mod host;
 mod plugin;
+mod probe;
 mod stats;
 
 use proxy_wasm::traits::RootContext;

@@ -4,7 +4,10 @@
 # 1. The core's micro-benchmarks (core.sh: Prometheus parse, scheduling at 8/64/512 endpoints).
 # 2. One nginx serving as the backend and as N simulated pods on N loopback addresses.
 # 3. One Envoy per stage, each with one listener per arm, driven by wrk in alternation:
-#      main     plain / noop (the floor: pause + buffer + continue) / plugin; 2 KB and 200 KB bodies
+#      main     plain / noop (the floor: pause + buffer + continue) / plugin / pair / pair2vm /
+#               extproc (Envoy's ext_proc filter + a Rust gRPC endpoint picker, extproc-picker/);
+#               2 KB and 200 KB bodies, 16 connections
+#      main128  plain / noop / plugin / extproc at 128 connections
 #      poolN    plain / ROUND_ROBIN / RANDOM / LEAST_REQUEST / DEFAULT / PREFIX_CACHE (the last two
 #               with the collector) over N = 8, 64, 512 pods; the collector alone with no traffic
 # 4. sched: scheduling quality, every strategy × three workloads against 8 simulated vLLM pods
@@ -18,6 +21,8 @@
 #        BENCH_MICRO=0 (skip the core micro-benchmarks), BENCH_PIN=0 (no CPU pinning),
 #        BENCH_WASM=path (measure another build of the module),
 #        BENCH_EXTRA_WASM=name=path[,name=path] (more builds as extra arms of the main stage),
+#        BENCH_EXTPROC=0 (no ext_proc arm), BENCH_PICKER_CPUS=list (where the ext_proc picker runs;
+#        default: with wrk and nginx),
 #        BENCH_SCRAPE_MS=n (DEFAULT's metrics.intervalMs; default: the plugin's, 100),
 #        BENCH_NICE=n (niceness for the bench processes, default -10),
 #        BENCH_KEEP=1 (keep the temp dir with configs, logs and raw results),
@@ -33,10 +38,12 @@ ENVOY=$ROOT/.venv/bin/envoy
 DOC=${BENCH_DOC:-$ROOT/docs/benchmarks.md}   # BENCH_DOC: write the report elsewhere
 NOOP_TARGET=$ROOT/target/bench-noop-filter
 NOOP_WASM=$NOOP_TARGET/wasm32-wasip1/release/bench_noop_filter.wasm
+PICKER_TARGET=$ROOT/target/bench-extproc-picker
+PICKER=$PICKER_TARGET/release/bench-extproc-picker
 # The page every simulated pod serves at /metrics: the real-vLLM fixture in testdata/ (the core's
 # tests read the same file).
 METRICS_PAGE=${BENCH_METRICS_PAGE:-$ROOT/testdata/vllm-0.32-cpu/metrics-idle.txt}
-STAGES=${BENCH_STAGES:-main pool8 pool64 pool512 sched}
+STAGES=${BENCH_STAGES:-main main128 pool8 pool64 pool512 sched}
 START=$SECONDS
 
 # Loopback only. A dedicated 127.0.0.21 keeps clear of `make run` (127.0.0.1:8080/9901); the
@@ -45,13 +52,14 @@ HOST=${BENCH_HOST:-127.0.0.21}   # BENCH_HOST: run beside another bench
 BACKEND_PORT=18080
 BASE_PORT=18081   # one listener per arm: 18081, 18082, ...
 ADMIN_PORT=18099
-MAX_ARMS=8
+PICKER_PORT=18098   # the ext_proc picker's gRPC port
+MAX_ARMS=16
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
   # < 3 minutes: short rounds, the smallest and largest pools, a reduced scheduling matrix.
   MAIN=(--rounds 2 --duration 2 --warmup 1) POOLS=(--rounds 1 --duration 2 --warmup 1 --idle 2 --settle 1)
   QUICK_FLAG=--quick
-  STAGES=${BENCH_STAGES:-main pool8 pool512 sched}
+  STAGES=${BENCH_STAGES:-main main128 pool8 pool512 sched}
   SCHED=(--quick --workloads zipf,prefix --strategies round-robin,DEFAULT,PREFIX_CACHE,oracle)
   : "${BENCH_MICRO:=0}"
 else
@@ -67,17 +75,18 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 [[ -x $ENVOY ]] || die "$ENVOY is missing; the Makefile's venv step installs it"
 command -v python3 >/dev/null || die "python3 is needed"
 for stage in $STAGES; do
-  [[ $stage == main || $stage == sched || $stage =~ ^pool[0-9]+$ ]] \
-    || die "unknown stage $stage in BENCH_STAGES (main, pool8, pool64, pool512, sched)"
-  [[ $stage != pool* || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
+  [[ $stage == main || $stage == main128 || $stage == cost || $stage == calls || $stage == sched || $stage =~ ^(pool|scrape|scrapefloor|scrapebefore)[0-9]+$ ]] \
+    || die "unknown stage $stage in BENCH_STAGES (main, main128, pool8, pool64, pool512, sched, cost, calls, scrapeN, scrapefloorN, scrapebeforeN)"
+  [[ ! $stage =~ ^(pool|scrape) || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
 done
-RUN_SCHED=0 ENVOY_STAGES=""
+RUN_SCHED=0 ENVOY_STAGES="" RUN_PICKER=0
 for stage in $STAGES; do
   if [[ $stage == sched ]]; then RUN_SCHED=1; else ENVOY_STAGES+="$stage "; fi
+  [[ $stage == main* && ${BENCH_EXTPROC:-1} == 1 ]] && RUN_PICKER=1
 done
 POOL_MAX=0
 for stage in $STAGES; do
-  [[ $stage =~ ^pool([0-9]+)$ ]] && ((BASH_REMATCH[1] > POOL_MAX)) && POOL_MAX=${BASH_REMATCH[1]}
+  [[ $stage =~ ^(pool|scrape|scrapefloor|scrapebefore)([0-9]+)$ ]] && ((BASH_REMATCH[2] > POOL_MAX)) && POOL_MAX=${BASH_REMATCH[2]}
 done
 ((POOL_MAX <= 1000)) || die "pools of more than 1000 pods are not supported (127.0.200.x-127.0.203.x)"
 
@@ -108,7 +117,7 @@ command -v wrk >/dev/null && command -v nginx >/dev/null && [[ -f $ECHO_MODULE ]
   || die "could not install wrk / nginx / the nginx echo module"
 
 # Every port must be free: a leftover process would be measured instead of ours.
-[[ -n $ENVOY_STAGES ]] && for port in $BACKEND_PORT $(seq $BASE_PORT $((BASE_PORT + MAX_ARMS - 1))) $ADMIN_PORT; do
+[[ -n $ENVOY_STAGES ]] && for port in $BACKEND_PORT $(seq $BASE_PORT $((BASE_PORT + MAX_ARMS - 1))) $ADMIN_PORT $PICKER_PORT; do
   if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
     die "$HOST:$port is already in use (a previous bench still running?)"
   fi
@@ -119,6 +128,11 @@ done
 echo "bench: building the noop floor filter (wasm-tests/bench/noop-filter)"
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path $HERE/noop-filter/Cargo.toml \
   --target-dir "$NOOP_TARGET" || die "the noop filter did not build"
+if ((RUN_PICKER)); then
+  echo "bench: building the ext_proc endpoint picker (wasm-tests/bench/extproc-picker)"
+  cargo build --quiet --release --manifest-path $HERE/extproc-picker/Cargo.toml --target-dir "$PICKER_TARGET" \
+    || die "the ext_proc picker did not build"
+fi
 if ((RUN_SCHED)); then
   echo "bench: building sched-bench (cargo build --release -p wasm-tests --bin sched-bench)"
   cargo build --quiet --release -p wasm-tests --bin sched-bench || die "sched-bench did not build"
@@ -188,21 +202,37 @@ PIDS+=($NGINX_PID)
 python3 $HERE/bench.py wait --name nginx --pid $NGINX_PID --tcp $HOST:$BACKEND_PORT
 fi
 
+# --- 5b. the ext_proc endpoint picker, one process for the main stages. It shares wrk's and nginx's
+# CPU (BENCH_PICKER_CPUS to move it): Envoy keeps its CPU to itself, as in the other arms.
+PICKER_PID=""
+if ((RUN_PICKER)); then
+  PICKER_CPUS=${BENCH_PICKER_CPUS:-$WRK_CPUS}
+  PICKER_PREFIX=()
+  [[ -n $PICKER_CPUS ]] && PICKER_PREFIX=(taskset -c "$PICKER_CPUS")
+  "${PRIO[@]}" "${PICKER_PREFIX[@]}" "$PICKER" --listen $HOST:$PICKER_PORT --endpoint $HOST:$BACKEND_PORT \
+    --model lora-request --target sql-lora --target tweet-summary --threads 1 2>"$WORK/picker.log" &
+  PICKER_PID=$!
+  PIDS+=($PICKER_PID)
+  python3 $HERE/bench.py wait --name "ext_proc picker" --pid $PICKER_PID --tcp $HOST:$PICKER_PORT
+fi
+
 # --- 6. the stages: one Envoy each
 [[ -n $ENVOY_STAGES ]] && echo "bench: stages: $ENVOY_STAGES; wrk -t$THREADS -c$CONNECTIONS" \
   "${WRK_CPUS:+(wrk+nginx on CPU $WRK_CPUS, Envoy on CPU $ENVOY_CPUS)}"
 for stage in $ENVOY_STAGES; do
   python3 $HERE/bench.py gen-stage --dir "$WORK" --stage "$stage" --wasm "$WASM" --noop-wasm "$NOOP_WASM" \
     --host $HOST --admin-port $ADMIN_PORT --base-port $BASE_PORT --backend $HOST:$BACKEND_PORT \
-    --extra "${BENCH_EXTRA_WASM:-}" ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"}
+    --extra "${BENCH_EXTRA_WASM:-}" ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"} \
+    ${PICKER_PID:+--extproc $HOST:$PICKER_PORT}
   "${PRIO[@]}" "${ENVOY_PREFIX[@]}" "$ENVOY" -c "$WORK/$stage/envoy.yaml" --concurrency 1 --disable-hot-restart \
     --log-path "$WORK/$stage/envoy.log" &
   ENVOY_PID=$!
   PIDS+=($ENVOY_PID)
   python3 $HERE/bench.py wait --name "envoy ($stage)" --pid $ENVOY_PID --url "http://$HOST:$ADMIN_PORT/ready" --timeout 60
-  if [[ $stage == main ]]; then settings=("${MAIN[@]}"); else settings=("${POOLS[@]}"); fi
+  if [[ $stage == main* || $stage == cost || $stage == calls ]]; then settings=("${MAIN[@]}"); else settings=("${POOLS[@]}"); fi
   python3 $HERE/bench.py run --dir "$WORK" --stage "$stage" --host $HOST --admin $HOST:$ADMIN_PORT \
-    --envoy "$ENVOY" --envoy-pid $ENVOY_PID --nginx-pid $NGINX_PID --nice "$NICE" "${settings[@]}" \
+    --envoy "$ENVOY" --envoy-pid $ENVOY_PID --nginx-pid $NGINX_PID ${PICKER_PID:+--picker-pid $PICKER_PID} \
+    --nice "$NICE" "${settings[@]}" \
     --threads $THREADS --connections $CONNECTIONS --wrk-cpus "$WRK_CPUS" --envoy-cpus "$ENVOY_CPUS" \
     --metrics-page-bytes "$(stat -c %s "$WORK/metrics.txt")" \
     ${BENCH_SCRAPE_MS:+--scrape-interval-ms "$BENCH_SCRAPE_MS"} $QUICK_FLAG

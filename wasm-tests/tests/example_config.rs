@@ -217,3 +217,66 @@ async fn without_the_plugin_a_spoofed_destination_reaches_no_non_member() {
     assert_eq!(rogue.request_count(), 0, "a non-member was reached");
     assert_eq!(pods.iter().map(Pod::request_count).sum::<usize>(), 10);
 }
+
+/// `accessLogFields: false` (the switch for installs whose access log does not read them): the
+/// request is routed as before and the shipped log line carries none of the plugin's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_fields_switched_off_leave_the_log_without_them() {
+    let yaml = shipped_yaml().replacen(
+        "value: &plugin-config |\n            {\n",
+        "value: &plugin-config |\n            {\n              \"accessLogFields\": false,\n",
+        1,
+    );
+    assert_eq!(inline_configuration(&yaml)["accessLogFields"], false);
+    let options = PodOptions {
+        adapters: targets(&inline_configuration(&yaml)).into_iter().collect(),
+        strict_models: true,
+        ..PodOptions::default()
+    };
+    let (rewritten, pods) = with_fresh_pods(&yaml, &options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, rewritten).unwrap();
+    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    let client = envoy.client().unwrap();
+    let r = client
+        .post(
+            "/v1/completions",
+            r#"{"model":"lora-request","prompt":"hi","max_tokens":5}"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(pods.iter().map(|p| p.requests().len()).sum::<usize>(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = envoy
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if let Some(line) = lines.iter().find(|l| l["status"] == 200) {
+            for field in [
+                "model",
+                "target_model",
+                "endpoint",
+                "outcome",
+                "completion_tokens",
+            ] {
+                assert!(
+                    line[field].is_null() || line[field] == "-",
+                    "{field} is in the log with the switch off: {line}"
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line for the request: {:?}",
+            lines
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

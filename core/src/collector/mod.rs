@@ -16,7 +16,7 @@ pub use state::{CollectorState, Due};
 use crate::config::{CollectorMode, Config, Discovery};
 use crate::host::{update, Host, Level};
 use crate::metrics::{parse_page, Dialect};
-use crate::pool::counters::{self, PoolCounters};
+use crate::pool::counters::{self, Counts, PoolCounters};
 use crate::pool::discovery::members_from_admin;
 use crate::scheduling::endpoint_id;
 use crate::shared::lease::Lease;
@@ -82,6 +82,9 @@ enum Call {
     Scrape {
         pool: usize,
         endpoint: String,
+        /// The endpoint's index when the scrape started: found again without a search unless
+        /// the members changed meanwhile.
+        index: usize,
         picks: u32,
     },
     Discovery {
@@ -232,8 +235,19 @@ impl Collector {
             self.ready_stats(host, pool);
             self.start_discovery(host, pool, now_ms);
         }
+        // Each pool's pick counters are read once per tick, not once per scrape: the table holds
+        // every member, so reading it per scrape made a round of N scrapes cost O(N²).
+        let mut counts: Vec<Option<Counts>> = vec![None; self.pools.len()];
         for due in self.state.due(now_ms) {
-            self.start_scrape(host, due, now_ms);
+            let Some(slot) = counts.get_mut(due.pool) else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = self.pools.get(due.pool).map(|p| p.counters.load(host));
+            }
+            if let Some(c) = slot.as_ref() {
+                self.start_scrape(host, due, c, now_ms);
+            }
         }
         for pool in 0..self.pools.len() {
             self.publish(host, pool);
@@ -308,7 +322,13 @@ impl Collector {
         }
     }
 
-    fn start_scrape(&mut self, host: &(impl Host + ?Sized), due: Due, now_ms: u64) {
+    fn start_scrape(
+        &mut self,
+        host: &(impl Host + ?Sized),
+        due: Due,
+        counts: &Counts,
+        now_ms: u64,
+    ) {
         let Some(p) = self.pools.get(due.pool) else {
             return;
         };
@@ -327,7 +347,6 @@ impl Collector {
         ];
         match host.dispatch(&p.cluster, &headers, p.timeout) {
             Ok(token) => {
-                let counts = p.counters.load(host);
                 let picks = counts.picks.get(due.endpoint).copied().unwrap_or(0);
                 if let Some(names) = p.stats.get(due.endpoint) {
                     let in_flight = counts.in_flight.get(due.endpoint).copied().unwrap_or(0);
@@ -336,6 +355,7 @@ impl Collector {
                 let call = Call::Scrape {
                     pool: due.pool,
                     endpoint: endpoint.clone(),
+                    index: due.endpoint,
                     picks,
                 };
                 self.calls.insert(token, call);
@@ -398,13 +418,17 @@ impl Collector {
             Some(Call::Scrape {
                 pool,
                 endpoint,
+                index,
                 picks,
             }) => {
-                let Some(i) = self
-                    .pools
-                    .get(pool)
-                    .and_then(|p| p.endpoints.iter().position(|e| *e == endpoint))
-                else {
+                // Where it was when the scrape started, unless the members changed since.
+                let Some(i) = self.pools.get(pool).and_then(|p| {
+                    if p.endpoints.get(index) == Some(&endpoint) {
+                        Some(index)
+                    } else {
+                        p.endpoints.iter().position(|e| *e == endpoint)
+                    }
+                }) else {
                     return;
                 };
                 (Due { pool, endpoint: i }, picks)

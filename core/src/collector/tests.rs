@@ -174,6 +174,46 @@ fn round(c: &mut Collector, host: &MemHost, now: u64, members: &[&str]) {
 }
 
 #[test]
+fn a_round_reads_the_pick_counters_once_and_each_scrape_keeps_its_own_count() {
+    let cfg = config(
+        r#"{"pools":[{"name":"p","endpoints":["10.0.0.1:80","10.0.0.2:80","10.0.0.3:80"],
+             "metrics":{"intervalMs":100}}],
+           "scheduling":{"strategy":"DEFAULT"}}"#,
+    );
+    let host = MemHost::default();
+    let mut c = Collector::new(&cfg, None).unwrap();
+    let keys = Keys::new(&cfg.instance);
+    let view = PoolView::new(&cfg.pools[0], &keys);
+    let m = view.members(&host, &host, true);
+    for (i, n) in [(0usize, 2), (2, 5)] {
+        for _ in 0..n {
+            m.counters
+                .pick(&host, |_| Ok::<_, ()>((i, None, ())))
+                .unwrap();
+        }
+    }
+    let before = host.store.reads_of(&keys.counters("p"));
+    c.on_tick(&host, 1000);
+    assert_eq!(
+        host.store.reads_of(&keys.counters("p")) - before,
+        1,
+        "one read of the pool's counters for the round's three scrapes"
+    );
+    assert_eq!(answer_scrapes(&mut c, &host, 1010), 3);
+    let m2 = view.members(&host, &host, true);
+    let picks: Vec<u32> = m2
+        .states
+        .iter()
+        .map(|s| s.as_ref().map_or(u32::MAX, |s| s.picks_at_scrape))
+        .collect();
+    assert_eq!(
+        picks,
+        vec![2, 0, 5],
+        "each endpoint's own picks at its scrape"
+    );
+}
+
+#[test]
 fn membership_churn_keeps_counts_by_address_and_retires_what_left() {
     let cfg = config(
         r#"{"pools":[{"name":"p","discovery":{"cluster":"eds","adminCluster":"admin","refreshMs":100},

@@ -198,6 +198,8 @@ pub struct Config {
     pub fairness_header: Option<String>,
     /// None: saturated pools answer as they did (Sheddable 429, the rest piles on).
     pub flow_control: Option<FlowControl>,
+    /// Publish the decision as filter state for the access log (`accessLogFields`).
+    pub access_log_fields: bool,
 }
 
 impl Config {
@@ -447,6 +449,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         instance,
         pools_fingerprint,
         list_models,
+        access_log_fields: raw.access_log_fields.unwrap_or(true),
     })
 }
 

@@ -68,6 +68,15 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.session_header, None);
     assert_eq!(c.strategy, Strategy::Default);
     assert_eq!(c.pools[0].metrics.max_page_bytes, DEFAULT_MAX_PAGE_BYTES);
+    assert!(
+        c.access_log_fields,
+        "the access log's fields are on unless switched off"
+    );
+    let off = Config::parse(
+        br#"{"pools":[{"name":"p","endpoints":["[::1]:80"]}],"accessLogFields":false}"#,
+    )
+    .unwrap();
+    assert!(!off.access_log_fields);
 }
 
 #[test]

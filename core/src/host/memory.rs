@@ -68,6 +68,8 @@ pub struct MemStore {
     lose: Cell<u32>,
     /// Writes that happened, in order (key).
     writes: RefCell<Vec<String>>,
+    /// How many times each key was read.
+    reads: RefCell<HashMap<String, usize>>,
 }
 
 impl MemStore {
@@ -97,6 +99,11 @@ impl MemStore {
         keys
     }
 
+    /// How many times `key` was read so far.
+    pub fn reads_of(&self, key: &str) -> usize {
+        self.reads.borrow().get(key).copied().unwrap_or(0)
+    }
+
     /// How many writes went to `key` so far.
     pub fn writes_to(&self, key: &str) -> usize {
         self.writes.borrow().iter().filter(|k| *k == key).count()
@@ -105,6 +112,7 @@ impl MemStore {
 
 impl SharedStore for MemStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        *self.reads.borrow_mut().entry(key.to_string()).or_default() += 1;
         self.values.borrow().get(key).cloned()
     }
 
