@@ -15,7 +15,7 @@ use crate::host::{self, Envoy};
 use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType};
 use router_core::config::{Config, FailureMode, ListModels};
 use router_core::gate::{GateAddress, HeaderEdit, Release, READER_MARK_KEY};
 use router_core::openai::{self, InferenceApi, ResponseTap, Usage};
@@ -256,17 +256,10 @@ impl FilterState {
         headers: Vec<(String, String)>,
     ) -> Result<(), Reply> {
         let Some(gate) = gate else {
-            let mut edited = false;
-            for (name, value) in &headers {
-                match hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
-                    Ok(()) => edited = true,
-                    Err(e) => log::warn!("header {name} not set: {e:?}"),
-                }
-            }
-            // A header edit has already cleared the route cache (see host::clear_route_cache).
-            if !edited {
-                host::clear_route_cache();
-            }
+            host::edit_request_headers(
+                headers.iter().map(|(n, v)| (n.as_str(), Some(v.as_str()))),
+                true,
+            );
             return Ok(());
         };
         let release = Release {
@@ -690,7 +683,7 @@ impl HttpContext for InferenceFilter {
         }
         self.inputs.api = openai::inference_api(&method, &path);
         if self.inputs.api.is_none() {
-            // A removed header has already cleared the route cache (see host::clear_route_cache).
+            // A removed header has already cleared the route cache (see host::edit_request_headers).
             return Action::Continue;
         }
         if end_of_stream {

@@ -90,22 +90,13 @@ impl Gate {
         if hostcalls::set_effective_context(release.context_id).is_err() {
             return;
         }
-        let mut edited = false;
-        for edit in &release.edits {
-            let set = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                &edit.name,
-                edit.value.as_deref(),
-            );
-            match set {
-                Ok(()) => edited = true,
-                Err(e) => log::warn!("gate: header {} not set: {e:?}", edit.name),
-            }
-        }
-        // A header edit has already cleared the route cache (see host::clear_route_cache).
-        if release.clear_route_cache && !edited {
-            host::clear_route_cache();
-        }
+        host::edit_request_headers(
+            release
+                .edits
+                .iter()
+                .map(|e| (e.name.as_str(), e.value.as_deref())),
+            release.clear_route_cache,
+        );
         if let Err(e) = hostcalls::resume_http_request() {
             log::warn!("gate: request not resumed: {e:?}");
         }

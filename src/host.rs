@@ -4,7 +4,7 @@
 
 use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, Status};
+use proxy_wasm::types::{LogLevel, MapType, Status};
 use router_core::host::{Cas, HttpDispatch, Level, Metrics, Say, SharedStore, Write};
 use std::time::Duration;
 
@@ -113,12 +113,29 @@ pub fn set_property(key: &str, value: &[u8]) -> bool {
     }
 }
 
-/// Make Envoy pick the route again: the filter changed headers a route may match on.
-///
-/// Only needed when no request header was changed through the ABI: Envoy's Wasm host clears the
-/// route cache itself on every request-header add, replace and remove (its `onHeadersModified`),
-/// so after such an edit this call is a second, redundant one (a foreign-function lookup by name
-/// per request).
+/// Set (`Some`) or remove (`None`) request headers of the current stream; a header Envoy refuses
+/// is logged. With `refresh_route`, Envoy picks the route again afterwards: an accepted edit does
+/// that by itself (Envoy's Wasm host clears the route cache on every request-header add, replace
+/// and remove), so the explicit call is made only when no edit went through.
+pub fn edit_request_headers<'a>(
+    edits: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    refresh_route: bool,
+) {
+    let mut edited = false;
+    for (name, value) in edits {
+        match hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+            Ok(()) => edited = true,
+            Err(e) => log::warn!("header {name} not set: {e:?}"),
+        }
+    }
+    if refresh_route && !edited {
+        clear_route_cache();
+    }
+}
+
+/// Make Envoy pick the route again: the filter changed headers a route may match on. Not needed
+/// after a request-header edit through the ABI, which clears the route cache itself (see
+/// [`edit_request_headers`]).
 pub fn clear_route_cache() {
     if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
         log::warn!("clear_route_cache failed: {e:?}");

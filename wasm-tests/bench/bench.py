@@ -456,79 +456,85 @@ def plugin_arm(name, port, wasm, vm_id, endpoints, strategy, collector=False, sc
     return a
 
 
+def plain_arm(port):
+    return arm("plain", port, label="plain Envoy (router only)")
+
+
+def noop_arm(a, name, port, **kw):
+    """The floor filter (all its arms share one VM: it keeps no state)."""
+    kw.setdefault("label", "floor: pause + buffer + continue filter")
+    return arm(name, port, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop", **kw)
+
+
+def single_plugin_arm(a, port):
+    return plugin_arm("plugin", port, a.wasm, "inference-router", [a.backend], "ROUND_ROBIN",
+                      label="inference-router, 1 endpoint, ROUND_ROBIN")
+
+
+def extra_builds(a):
+    """BENCH_EXTRA_WASM (`--extra`): [(name, absolute path)], more builds of the plugin."""
+    out = []
+    for spec in (x for x in (a.extra or "").split(",") if x.strip()):
+        name, _, path = spec.partition("=")
+        if not name or not path or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+            die(f"BENCH_EXTRA_WASM: expected name=path[,name=path...], got {spec!r}")
+        out.append((name, os.path.abspath(path)))
+    return out
+
+
+def extra_plugin_arm(a, name, path, port):
+    return plugin_arm(name, port, path, f"bench-{name}", [a.backend], "ROUND_ROBIN",
+                      label=f"{os.path.basename(path)}, as `plugin`")
+
+
+def extproc_arm(a, port):
+    return arm("extproc", port, routes_on_header=True, rewrites=True, endpoints=[a.backend], extproc=a.extproc,
+               label="Envoy's ext_proc filter (body BUFFERED) + the bench's Rust endpoint picker "
+                     "over gRPC (extproc-picker/): parse, round-robin pick, model rewrite")
+
+
 def stage_spec(a):
     """The arms of stage `a.stage`, in the order of the first round."""
     port = a.base_port
     m = re.fullmatch(r"main(\d*)", a.stage)
     if m:
-        connections = int(m.group(1) or 16)
-        extproc = []
+        arms = [plain_arm(port), noop_arm(a, "noop", port + 1), single_plugin_arm(a, port + 2)]
+        if not m.group(1):
+            # The control-plane installs, and BENCH_EXTRA_WASM's builds (A/B a change).
+            arms += [
+                plugin_arm("pair", port + 3, a.wasm, "", [a.backend], "ROUND_ROBIN", pair=("", ""),
+                           label="reader + gate without the flag, one VM (Istio WasmPlugin's shape), as `plugin`"),
+                plugin_arm("pair2vm", port + 4, a.wasm, "", [a.backend], "ROUND_ROBIN",
+                           pair=("bench-pair-reader", "bench-pair-gate"),
+                           label="reader + gate without the flag, a VM each (Envoy Gateway's shape), as `plugin`"),
+            ]
+            arms += [extra_plugin_arm(a, name, path, port + len(arms) + i)
+                     for i, (name, path) in enumerate(extra_builds(a))]
+        # mainN (more connections) has only the arms the ext_proc comparison needs.
         if a.extproc:
-            extproc = [arm("extproc", port + 5, routes_on_header=True, rewrites=True, endpoints=[a.backend],
-                           extproc=a.extproc,
-                           label="Envoy's ext_proc filter (body BUFFERED) + the bench's Rust endpoint picker "
-                                 "over gRPC (extproc-picker/): parse, round-robin pick, model rewrite")]
-        if m.group(1):
-            # More connections: the arms the ext_proc comparison needs.
-            arms = [arm("plain", port, label="plain Envoy (router only)"),
-                    arm("noop", port + 1, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop",
-                        label="floor: pause + buffer + continue filter"),
-                    plugin_arm("plugin", port + 2, a.wasm, "inference-router", [a.backend], "ROUND_ROBIN",
-                               label="inference-router, 1 endpoint, ROUND_ROBIN")] + extproc
-            return {"stage": a.stage, "bodies": ["2k", "200k"], "arms": arms, "pool_size": 1,
-                    "connections": connections}
-        arms = [
-            arm("plain", port, label="plain Envoy (router only)"),
-            arm("noop", port + 1, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop",
-                label="floor: pause + buffer + continue filter"),
-            plugin_arm("plugin", port + 2, a.wasm, "inference-router", [a.backend], "ROUND_ROBIN",
-                       label="inference-router, 1 endpoint, ROUND_ROBIN"),
-            plugin_arm("pair", port + 3, a.wasm, "", [a.backend], "ROUND_ROBIN", pair=("", ""),
-                       label="reader + gate without the flag, one VM (Istio WasmPlugin's shape), as `plugin`"),
-            plugin_arm("pair2vm", port + 4, a.wasm, "", [a.backend], "ROUND_ROBIN",
-                       pair=("bench-pair-reader", "bench-pair-gate"),
-                       label="reader + gate without the flag, a VM each (Envoy Gateway's shape), as `plugin`"),
-        ]
-        # BENCH_EXTRA_WASM: more builds of the plugin, each on a listener of its own (A/B a change).
-        for i, spec in enumerate(x for x in (a.extra or "").split(",") if x.strip()):
-            name, _, path = spec.partition("=")
-            if not name or not path or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
-                die(f"BENCH_EXTRA_WASM: expected name=path[,name=path...], got {spec!r}")
-            arms.append(plugin_arm(name, port + 5 + i, os.path.abspath(path), f"bench-{name}", [a.backend],
-                                   "ROUND_ROBIN", label=f"{os.path.basename(path)}, as `plugin`"))
-        # The ext_proc arm last, on the port after the extra builds'.
-        for x in extproc:
-            x["port"] = port + len(arms)
-        return {"stage": "main", "bodies": ["2k", "200k"], "arms": arms + extproc, "pool_size": 1,
-                "connections": connections}
+            arms.append(extproc_arm(a, port + len(arms)))
+        return {"stage": a.stage, "bodies": ["2k", "200k"], "arms": arms, "pool_size": 1,
+                "connections": int(m.group(1) or 16)}
     if a.stage == "cost":
         # The breakdown (breakdown.sh): the floor with the plugin's routing (ORIGINAL_DST, the client
         # sends the destination header itself), the plugin, and cost-probe builds of it as extras.
-        arms = [arm("plain", port, label="plain Envoy (router only)"),
-                arm("noop", port + 1, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop",
-                    label="floor: pause + buffer + continue filter"),
-                arm("noop-odst", port + 2, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop",
-                    routes_on_header=True, headers={DEST_HEADER: a.backend}, endpoints=[a.backend],
-                    label="the floor filter, routed as the plugin routes (ORIGINAL_DST by the destination "
-                          "header, which the client sends)"),
-                plugin_arm("plugin", port + 3, a.wasm, "inference-router", [a.backend], "ROUND_ROBIN",
-                           label="inference-router, 1 endpoint, ROUND_ROBIN")]
-        for i, spec in enumerate(x for x in (a.extra or "").split(",") if x.strip()):
-            name, _, path = spec.partition("=")
-            arms.append(plugin_arm(name, port + 4 + i, os.path.abspath(path), f"bench-{name}", [a.backend],
-                                   "ROUND_ROBIN", label=f"{os.path.basename(path)}, as `plugin`"))
+        arms = [plain_arm(port), noop_arm(a, "noop", port + 1),
+                noop_arm(a, "noop-odst", port + 2, routes_on_header=True, headers={DEST_HEADER: a.backend},
+                         endpoints=[a.backend],
+                         label="the floor filter, routed as the plugin routes (ORIGINAL_DST by the destination "
+                               "header, which the client sends)"),
+                single_plugin_arm(a, port + 3)]
+        for i, (name, path) in enumerate(extra_builds(a)):
+            arms.append(extra_plugin_arm(a, name, path, port + 4 + i))
             if name in ("noplan", "noread"):
                 arms[-1]["rewrites"] = False  # the probe skips the rewrite: the body arrives intact
         return {"stage": "cost", "bodies": ["2k", "200k"], "arms": arms, "pool_size": 1, "connections": 16}
     if a.stage == "calls":
         # What one host call costs: the floor filter making N more calls of one kind per request.
-        arms = [arm("plain", port, label="plain Envoy (router only)"),
-                arm("noop", port + 1, wasm=a.noop_wasm, vm_id="bench-noop", root_id="bench-noop",
-                    label="floor: pause + buffer + continue filter")]
+        arms = [plain_arm(port), noop_arm(a, "noop", port + 1)]
         for i, (kind, n) in enumerate(CALL_PROBES):
-            arms.append(arm(f"noop-{kind}{n}", port + 2 + i, wasm=a.noop_wasm, vm_id="bench-noop",
-                            root_id="bench-noop", config=f"{kind}={n}",
-                            label=f"the floor filter making {n} `{CALL_KINDS[kind]}` calls per request"))
+            arms.append(noop_arm(a, f"noop-{kind}{n}", port + 2 + i, config=f"{kind}={n}",
+                                 label=f"the floor filter making {n} `{CALL_KINDS[kind]}` calls per request"))
         return {"stage": "calls", "bodies": ["2k"], "arms": arms, "pool_size": 1, "connections": 16}
     m = re.fullmatch(r"scrape(floor|before)?(\d+)", a.stage)
     if m:
@@ -542,12 +548,12 @@ def stage_spec(a):
         wasm = a.wasm
         if m.group(1) == "before":
             # The earlier build of breakdown.sh's BENCH_BEFORE_WASM (the `before` extra).
-            extras = dict(x.partition("=")[::2] for x in (a.extra or "").split(",") if x.strip())
-            if "before" not in extras:
+            before = [path for name, path in extra_builds(a) if name == "before"]
+            if not before:
                 die("stage scrapebeforeN needs BENCH_EXTRA_WASM=before=path (breakdown.sh's BENCH_BEFORE_WASM)")
-            wasm = os.path.abspath(extras["before"])
+            wasm = before[0]
         if m.group(1) == "floor":
-            arms = [arm("plain", port, label="plain Envoy (router only)")]
+            arms = [plain_arm(port)]
             scraper = f"scrape={interval}:{POOL}:{','.join(endpoints)}"
         else:
             arms = [plugin_arm("default", port, wasm, "inference-router", endpoints, "DEFAULT", collector=True,
@@ -561,7 +567,7 @@ def stage_spec(a):
     n = int(m.group(1))
     backend_port = int(a.backend.rsplit(":", 1)[1])
     endpoints = pool_addresses(n, backend_port)
-    arms = [arm("plain", port, label="plain Envoy (router only)")]
+    arms = [plain_arm(port)]
     for i, (name, strategy) in enumerate(STRATEGIES):
         # DEFAULT and PREFIX_CACHE share their vm_id with the collector (shared data is per vm_id;
         # arms run one at a time, so their in-flight counts never mix); the others get VMs of their

@@ -23,19 +23,16 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import admin_get  # noqa: E402  (run.sh's helpers; bench.py is importable)
 
 HOST = "127.0.0.21"
-ADMIN = 18099
-
-
-def admin(path):
-    with urllib.request.urlopen(f"http://{HOST}:{ADMIN}{path}", timeout=30) as r:
-        return r.read().decode()
+ADMIN = f"{HOST}:18099"
 
 
 def answered(name):
-    for line in admin(f"/stats?filter=^http\\.{re.escape(name)}\\.downstream_rq_2xx$").splitlines():
+    for line in admin_get(ADMIN, f"/stats?filter=^http\\.{re.escape(name)}\\.downstream_rq_2xx$").splitlines():
         key, _, value = line.partition(": ")
         if key == f"http.{name}.downstream_rq_2xx":
             return int(value)
@@ -111,7 +108,7 @@ def main():
         deadline = time.monotonic() + 600
         while True:
             try:
-                if admin("/ready").strip() == "LIVE":
+                if admin_get(ADMIN, "/ready").strip() == "LIVE":
                     break
             except OSError:
                 pass

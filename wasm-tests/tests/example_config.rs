@@ -45,6 +45,44 @@ async fn with_fresh_pods(yaml: &str, options: &PodOptions) -> (String, Vec<Pod>)
     (rewritten, pods)
 }
 
+/// Envoy started from `yaml` (envoy.yaml or a variant) with fresh pods, from the repository root
+/// as `make run` starts it (the module path is relative to it). The directory holds the config.
+async fn start_shipped(yaml: &str, options: &PodOptions) -> (Envoy, Vec<Pod>, tempfile::TempDir) {
+    let (rewritten, pods) = with_fresh_pods(yaml, options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, rewritten).unwrap();
+    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    (envoy, pods, dir)
+}
+
+/// The shipped access log's JSON lines, once `done` holds for them. Envoy writes a line when its
+/// request ends, so poll (bounded, 10 s) rather than sleep; `what` names what was awaited.
+async fn access_log_until(
+    envoy: &Envoy,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = envoy
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            lines.iter().rev().take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The block scalar under `value: &plugin-config |` in envoy.yaml: the plugin's inline
 /// configuration (the filter refers to it by the YAML alias).
 fn inline_configuration(yaml: &str) -> Value {
@@ -88,12 +126,7 @@ async fn envoy_yaml_serves_the_canary_rollout() {
         strict_models: true,
         ..PodOptions::default()
     };
-    let (rewritten, pods) = with_fresh_pods(&yaml, &options).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, rewritten).unwrap();
-    // Started from the repository root, as `make run` does: the module path is relative to it.
-    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    let (envoy, pods, _dir) = start_shipped(&yaml, &options).await;
     let client = envoy.client().unwrap();
 
     let allowed = targets(&canary);
@@ -135,23 +168,15 @@ async fn envoy_yaml_serves_the_canary_rollout() {
     let models = client.get("/v1/models", &[]).await.unwrap();
     assert_eq!(models.status, 200);
 
-    // The shipped access log: one JSON line per request with the plugin's decision. Envoy writes
-    // it when the request ends, so poll the log (bounded) rather than sleep.
+    // The shipped access log: one JSON line per request with the plugin's decision.
     let bad = client
         .post("/v1/completions", r#"{"model":3}"#, &[])
         .await
         .unwrap();
     assert_eq!(bad.status, 400);
     let endpoints: HashSet<String> = pods.iter().map(|p| p.endpoint()).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let lines: Vec<Value> = envoy
-            .log()
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let routed = lines.iter().find(|l| {
+    access_log_until(&envoy, "access log lacks the plugin's fields", |lines| {
+        let routed = lines.iter().any(|l| {
             l["outcome"] == "routed"
                 && l["model"] == "lora-request"
                 && l["target_model"]
@@ -167,20 +192,13 @@ async fn envoy_yaml_serves_the_canary_rollout() {
         });
         let rejected = lines
             .iter()
-            .find(|l| l["outcome"] == "rejected" && l["status"] == 400);
+            .any(|l| l["outcome"] == "rejected" && l["status"] == 400);
         let passthrough = lines
             .iter()
-            .find(|l| l["outcome"] == "passthrough" && l["model"] == "tiny-llama");
-        if routed.is_some() && rejected.is_some() && passthrough.is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "access log lacks the plugin's fields: {:?}",
-            lines.iter().rev().take(5).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            .any(|l| l["outcome"] == "passthrough" && l["model"] == "tiny-llama");
+        routed && rejected && passthrough
+    })
+    .await;
 }
 
 /// With the plugin gone from the chain (its VM failed and fail-open skipped it, say), a client's
@@ -196,12 +214,8 @@ async fn without_the_plugin_a_spoofed_destination_reaches_no_non_member() {
         .find("                  - name: envoy.filters.http.router")
         .unwrap();
     let without_plugin = format!("{}{}", &yaml[..start], &yaml[end..]);
-    let (rewritten, pods) = with_fresh_pods(&without_plugin, &PodOptions::default()).await;
+    let (envoy, pods, _dir) = start_shipped(&without_plugin, &PodOptions::default()).await;
     let rogue = Pod::start_next(PodOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, rewritten).unwrap();
-    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
     let client = envoy.client().unwrap();
     for _ in 0..10 {
         let r = client
@@ -233,11 +247,7 @@ async fn access_log_fields_switched_off_leave_the_log_without_them() {
         strict_models: true,
         ..PodOptions::default()
     };
-    let (rewritten, pods) = with_fresh_pods(&yaml, &options).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, rewritten).unwrap();
-    let envoy = Envoy::start_file(&config, &repo_root()).await.unwrap();
+    let (envoy, pods, _dir) = start_shipped(&yaml, &options).await;
     let client = envoy.client().unwrap();
     let r = client
         .post(
@@ -249,34 +259,21 @@ async fn access_log_fields_switched_off_leave_the_log_without_them() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(pods.iter().map(|p| p.requests().len()).sum::<usize>(), 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let lines: Vec<Value> = envoy
-            .log()
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if let Some(line) = lines.iter().find(|l| l["status"] == 200) {
-            for field in [
-                "model",
-                "target_model",
-                "endpoint",
-                "outcome",
-                "completion_tokens",
-            ] {
-                assert!(
-                    line[field].is_null() || line[field] == "-",
-                    "{field} is in the log with the switch off: {line}"
-                );
-            }
-            break;
-        }
+    let lines = access_log_until(&envoy, "no access log line for the request", |lines| {
+        lines.iter().any(|l| l["status"] == 200)
+    })
+    .await;
+    let line = lines.iter().find(|l| l["status"] == 200).unwrap();
+    for field in [
+        "model",
+        "target_model",
+        "endpoint",
+        "outcome",
+        "completion_tokens",
+    ] {
         assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line for the request: {:?}",
-            lines
+            line[field].is_null() || line[field] == "-",
+            "{field} is in the log with the switch off: {line}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
