@@ -19,13 +19,17 @@ async fn plain_envoy_routes_by_destination_header_and_round_robins_otherwise() {
         .unwrap();
     let client = envoy.client().unwrap();
 
-    // No header: the passthrough cluster spreads over the first two pods only.
+    // No header: the passthrough cluster spreads over the first two pods only. Each of Envoy's
+    // two workers keeps its own round-robin position (starting at a random one) and the client's
+    // requests may land on either worker, so the split need not be 2/2; but one worker serves at
+    // least two of the four, and its round-robin then reaches both pods.
     for _ in 0..4 {
         let r = client.get("/v1/models", &[]).await.unwrap();
         assert_eq!(r.status, 200);
     }
-    assert_eq!(pods[0].request_count(), 2);
-    assert_eq!(pods[1].request_count(), 2);
+    let (first, second) = (pods[0].request_count(), pods[1].request_count());
+    assert_eq!(first + second, 4);
+    assert!(first >= 1 && second >= 1, "split {first}/{second}");
     assert_eq!(pods[2].request_count(), 0);
 
     // The header: ORIGINAL_DST goes exactly there, even to the pod outside the static cluster.
