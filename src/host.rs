@@ -1,6 +1,8 @@
 //! The proxy-wasm host calls the roles share, and [`Envoy`]: the core's host traits
-//! (`router_core::host`) carried out with them. Every failure becomes a value or a log line: the
-//! SDK's own getters panic on an unexpected status, which would trap the VM.
+//! (`router_core::host`) carried out with them. The SDK's getters unwrap and its hostcalls panic
+//! on a status they do not expect, either of which traps the VM: these wrappers turn every status
+//! the hostcalls return into a value or a log line, and the roles make each call only where Envoy
+//! answers it (no response getter after a failed HTTP call: docs/robustness.md).
 
 use crate::stats as host_stats;
 use proxy_wasm::hostcalls;
@@ -102,7 +104,7 @@ pub fn property(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_property(vec![key]).ok().flatten()
 }
 
-/// Set filter state `wasm.<key>` on the current stream; a refusal is logged, never a trap.
+/// Set filter state `wasm.<key>` on the current stream; a refusal the SDK reports is logged.
 pub fn set_property(key: &str, value: &[u8]) -> bool {
     match hostcalls::set_property(vec![key], Some(value)) {
         Ok(()) => true,
