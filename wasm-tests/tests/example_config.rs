@@ -108,6 +108,18 @@ fn targets(config: &Value) -> HashSet<String> {
         .collect()
 }
 
+/// Pods that serve exactly the configuration's target adapters (anything else is their 404).
+fn pods_for(config: &Value) -> PodOptions {
+    PodOptions {
+        adapters: targets(config).into_iter().collect(),
+        strict_models: true,
+        ..PodOptions::default()
+    }
+}
+
+/// The request the shipped example's canary rollout applies to.
+const CANARY_REQUEST: &str = r#"{"model":"lora-request","prompt":"hi","max_tokens":5}"#;
+
 #[test]
 fn envoy_yaml_carries_the_canary_example() {
     let example: Value = serde_json::from_str(
@@ -121,23 +133,14 @@ fn envoy_yaml_carries_the_canary_example() {
 async fn envoy_yaml_serves_the_canary_rollout() {
     let yaml = shipped_yaml();
     let canary = inline_configuration(&yaml);
-    let options = PodOptions {
-        adapters: targets(&canary).into_iter().collect(),
-        strict_models: true,
-        ..PodOptions::default()
-    };
-    let (envoy, pods, _dir) = start_shipped(&yaml, &options).await;
+    let (envoy, pods, _dir) = start_shipped(&yaml, &pods_for(&canary)).await;
     let client = envoy.client().unwrap();
 
     let allowed = targets(&canary);
     let mut reached = HashSet::new();
     for _ in 0..60 {
         let r = client
-            .post(
-                "/v1/completions",
-                r#"{"model":"lora-request","prompt":"hi","max_tokens":5}"#,
-                &[],
-            )
+            .post("/v1/completions", CANARY_REQUEST, &[])
             .await
             .unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
@@ -242,19 +245,10 @@ async fn access_log_fields_switched_off_leave_the_log_without_them() {
         1,
     );
     assert_eq!(inline_configuration(&yaml)["accessLogFields"], false);
-    let options = PodOptions {
-        adapters: targets(&inline_configuration(&yaml)).into_iter().collect(),
-        strict_models: true,
-        ..PodOptions::default()
-    };
-    let (envoy, pods, _dir) = start_shipped(&yaml, &options).await;
+    let (envoy, pods, _dir) = start_shipped(&yaml, &pods_for(&inline_configuration(&yaml))).await;
     let client = envoy.client().unwrap();
     let r = client
-        .post(
-            "/v1/completions",
-            r#"{"model":"lora-request","prompt":"hi","max_tokens":5}"#,
-            &[],
-        )
+        .post("/v1/completions", CANARY_REQUEST, &[])
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
