@@ -457,7 +457,13 @@ impl InferenceFilter {
         let state = Rc::clone(&self.state);
         let endpoint = state.config.pools.first().and_then(|p| p.endpoints.first());
         if let Some(endpoint) = endpoint {
-            self.set_http_request_header(&state.config.destination_header, Some(endpoint));
+            host::edit_request_headers(
+                [(
+                    state.config.destination_header.as_str(),
+                    Some(endpoint.as_str()),
+                )],
+                false,
+            );
         }
         self.buffering = false;
         Action::Continue
@@ -670,11 +676,14 @@ impl HttpContext for InferenceFilter {
         #[cfg(feature = "fault-injection")]
         crate::fault::trap_if(find(crate::fault::TRAP_HEADER) == Some(b"trap"));
         // Routing headers are ours alone: a client's copy is never honoured, on any request.
-        for name in [config.destination_header.as_str(), MODEL_NAME_HEADER] {
-            if find(name).is_some() {
-                self.set_http_request_header(name, None);
-            }
-        }
+        // A removal clears the route cache itself: no refresh asked.
+        host::edit_request_headers(
+            [config.destination_header.as_str(), MODEL_NAME_HEADER]
+                .into_iter()
+                .filter(|name| find(name).is_some())
+                .map(|name| (name, None)),
+            false,
+        );
         let text =
             |name: &str| String::from_utf8_lossy(find(name).unwrap_or_default()).into_owned();
         let (method, path) = (text(":method"), text(":path"));
