@@ -74,10 +74,12 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 [[ -f $WASM ]] || die "$WASM is missing; run \`make build\` first"
 [[ -x $ENVOY ]] || die "$ENVOY is missing; the Makefile's venv step installs it"
 command -v python3 >/dev/null || die "python3 is needed"
+# Stages over N simulated pods (N in the name): they need the metrics page and size nginx's pool.
+POD_STAGE='^(pool|scrape|scrapefloor|scrapebefore)([0-9]+)$'
 for stage in $STAGES; do
-  [[ $stage == main || $stage == main128 || $stage == cost || $stage == calls || $stage == sched || $stage =~ ^(pool|scrape|scrapefloor|scrapebefore)[0-9]+$ ]] \
+  [[ $stage == main || $stage == main128 || $stage == cost || $stage == calls || $stage == sched || $stage =~ $POD_STAGE ]] \
     || die "unknown stage $stage in BENCH_STAGES (main, main128, pool8, pool64, pool512, sched, cost, calls, scrapeN, scrapefloorN, scrapebeforeN)"
-  [[ ! $stage =~ ^(pool|scrape) || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
+  [[ ! $stage =~ $POD_STAGE || -f $METRICS_PAGE ]] || die "$METRICS_PAGE is missing (the pods' /metrics page; set BENCH_METRICS_PAGE)"
 done
 RUN_SCHED=0 ENVOY_STAGES="" RUN_PICKER=0
 for stage in $STAGES; do
@@ -86,7 +88,7 @@ for stage in $STAGES; do
 done
 POOL_MAX=0
 for stage in $STAGES; do
-  [[ $stage =~ ^(pool|scrape|scrapefloor|scrapebefore)([0-9]+)$ ]] && ((BASH_REMATCH[2] > POOL_MAX)) && POOL_MAX=${BASH_REMATCH[2]}
+  [[ $stage =~ $POD_STAGE ]] && ((BASH_REMATCH[2] > POOL_MAX)) && POOL_MAX=${BASH_REMATCH[2]}
 done
 ((POOL_MAX <= 1000)) || die "pools of more than 1000 pods are not supported (127.0.200.x-127.0.203.x)"
 
